@@ -1,0 +1,1 @@
+"""DeRA-MOS training reproduction: backbones, heads, losses, data, train / evaluate CLIs."""
