@@ -59,7 +59,7 @@ class ModelConfig:
             can be rebuilt without the encoders.
     """
 
-    audio: BackboneConfig = field(default_factory=lambda: BackboneConfig("clap-htsat"))
+    audio: BackboneConfig = field(default_factory=lambda: BackboneConfig("muq"))
     text: BackboneConfig = field(default_factory=lambda: BackboneConfig("roberta"))
     num_bins: int = 20
     bin_min: float = 1.0
@@ -148,6 +148,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        unknown = sorted(k for k in data if k not in ("model", "loss", "train") and not k.startswith("_"))
+        if unknown:
+            raise DeramosError(f"unknown section(s) in config: {', '.join(unknown)}; allowed: model, loss, train")
         return cls(
             model=model_config_from_dict(data.get("model", {})),
             loss=_build(LossConfig, data.get("loss", {}), "loss"),

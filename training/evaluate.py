@@ -1,0 +1,108 @@
+"""Score a split with a trained run and report AudioMOS-style metrics.
+
+``python -m training.evaluate --data DIR --run RUN_DIR --split test`` prints utterance- and
+system-level MSE / LCC / SRCC / KTAU for MI and TA, and writes ``RUN_DIR/eval_<split>.json`` and the
+per-clip predictions ``RUN_DIR/predictions_<split>.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deramos_rt.report import run_cli, setup_logging, step
+from training.data import Clip, Corpus
+
+log = logging.getLogger("deramos.evaluate")
+
+
+@torch.no_grad()
+def predict(model, features, clips: list[Clip], batch_size: int = 24) -> dict[str, np.ndarray]:
+    """Expected MI and TA (and distributions, for distribution heads) for every clip, in order."""
+    model.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(clips), batch_size):
+        audio, text, mask = features.batch(clips[start : start + batch_size])
+        for key, value in model.heads(audio, text, mask).items():
+            parts.setdefault(key, []).append(value.float().cpu().numpy())
+    return {key: np.concatenate(values) for key, values in parts.items()}
+
+
+def split_metrics(pred: dict[str, np.ndarray], clips: list[Clip]) -> dict[str, dict]:
+    """``{"MI": mos_metrics(...), "TA": mos_metrics(...)}`` for predictions aligned with ``clips``."""
+    from training.metrics import mos_metrics
+
+    systems = [c.system_id for c in clips]
+    return {
+        "MI": mos_metrics(pred["mi"], np.array([c.mi for c in clips]), systems),
+        "TA": mos_metrics(pred["ta"], np.array([c.ta for c in clips]), systems),
+    }
+
+
+def format_metrics(metrics: dict[str, dict]) -> str:
+    lines = [f"{'':6}{'level':10}{'MSE':>8}{'LCC':>8}{'SRCC':>8}{'KTAU':>8}"]
+    for dim in ("MI", "TA"):
+        for level in ("utterance", "system"):
+            m = metrics[dim][level]
+            lines.append(f"{dim:6}{level:10}" + "".join(f"{m[k]:8.3f}" for k in ("MSE", "LCC", "SRCC", "KTAU")))
+    return "\n".join(lines)
+
+
+def write_predictions(path: Path, pred: dict[str, np.ndarray], clips: list[Clip]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["wav_id", "system_id", "mi_true", "mi_pred", "ta_true", "ta_pred"])
+        for clip, mi, ta in zip(clips, pred["mi"], pred["ta"]):
+            writer.writerow([clip.wav_id, clip.system_id, clip.mi, f"{mi:.6f}", clip.ta, f"{ta:.6f}"])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="MusicEval-layout folder")
+    p.add_argument("--run", required=True, help="run directory (config.json + model.safetensors)")
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    p.add_argument("--batch-size", type=int, default=24)
+    p.add_argument("--cache-dir", default=None, help="encoder-output cache (default: none, encode live)")
+    p.add_argument("--out", default=None, help="metrics JSON path (default RUN_DIR/eval_<split>.json)")
+    p.add_argument("--device", default="cpu")
+    return p.parse_args(argv)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from training.cache import Features
+    from training.checkpoint import load_run, write_json
+    from training.model import build_tokenizer
+
+    run_dir = Path(args.run)
+    with step("load run", log) as info:
+        model, run_config = load_run(run_dir, device=args.device)
+        info["backbones"] = f"{run_config.model.audio.name}+{run_config.model.text.name}"
+    with step(f"read split {args.split}", log) as info:
+        clips = Corpus.open(args.data).read_split(args.split)
+        info["clips"] = len(clips)
+    with step("score", log) as info:
+        features = Features(model, build_tokenizer(model), args.cache_dir)
+        pred = predict(model, features, clips, args.batch_size)
+        metrics = split_metrics(pred, clips)
+        info["clips"] = len(clips)
+    out = Path(args.out) if args.out else run_dir / f"eval_{args.split}.json"
+    write_json(out, {"split": args.split, "data": str(args.data), "clips": len(clips), **metrics})
+    write_predictions(out.with_name(f"predictions_{args.split}.csv"), pred, clips)
+    print(format_metrics(metrics))
+    log.info("wrote %s and %s", out, out.with_name(f"predictions_{args.split}.csv"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    args = parse_args(argv)
+    return run_cli("training.evaluate", lambda: evaluate(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
