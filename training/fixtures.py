@@ -4,8 +4,9 @@ Each clip is a pulsed tone (low or high pitch, slow or fast pulse) plus noise. I
 and a pulse ("a calm low tone with a slow beat"). The labels are learnable:
 
 * MI falls with the clip's noise level (a per-system level times a per-clip factor);
-* TA rises with how many of the prompt's two attributes (pitch, pulse) the audio actually has;
-  a system's ``faithfulness`` is the probability that each attribute matches.
+* TA rises with how many of the prompt's two attributes (pitch, pulse) the audio actually has (a
+  system's ``faithfulness`` is the probability that each attribute matches) and falls with noise, which
+  masks what the prompt asked for (in MusicEval, too, TA correlates with MI).
 
 Both are averaged over 5 noisy simulated raters and rounded to the 0.2 grid, like MusicEval.
 """
@@ -25,7 +26,7 @@ MOOD = ["calm", "gentle", "lively", "bright", "dark", "quiet"]
 def _tone(rng: np.random.Generator, pitch: str, pulse: str, noise: float, sr: int, seconds: float) -> np.ndarray:
     t = np.arange(int(sr * seconds)) / sr
     f0 = rng.uniform(*PITCH[pitch])
-    envelope = 0.5 * (1 + np.sign(np.sin(2 * np.pi * PULSE[pulse] * t))) * 0.8 + 0.2
+    envelope = 0.5 * (1 + np.sign(np.sin(2 * np.pi * PULSE[pulse] * t)))  # on/off: frames differ over time
     tone = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.28)) / k for k in (1, 2, 3))
     signal = 0.3 * envelope * tone / 1.8 + noise * rng.standard_normal(t.size)
     return np.clip(signal, -1, 1).astype(np.float32)
@@ -77,7 +78,7 @@ def make_fixture_corpus(root: str | Path, n_train: int = 48, n_dev: int = 16, n_
         wav_id = f"audiomos2025-track1-S{s + 1:03d}_P{p + 1:03d}"
         sf.write(root / "wav" / f"{wav_id}.wav", audio, sample_rate, subtype="PCM_16")
         mi = _rate(rng, 4.8 - 14.0 * noise)
-        ta = _rate(rng, 1.4 + 1.7 * match_pitch + 1.7 * match_pulse)
+        ta = _rate(rng, 1.6 + 1.4 * match_pitch + 1.4 * match_pulse - 5.0 * noise)
         rows.append(f"{wav_id}.wav,{mi:.1f},{ta:.1f}")
     splits = {"train": rows[:n_train], "dev": rows[n_train : n_train + n_dev], "test": rows[n_train + n_dev :]}
     for split, lines in splits.items():
