@@ -104,6 +104,10 @@ def load_run(run_dir: str | Path, encoders: bool = True, device: str = "cpu"):
     if not (run_dir / CONFIG_FILE).is_file():
         raise DeramosError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
     run_config = RunConfig.from_json(run_dir / CONFIG_FILE)
+    for cfg in (run_config.model.audio, run_config.model.text):
+        # Weights written into the run directory (e.g. by training.import_research) are stored relative to it.
+        if cfg.weights and not Path(cfg.weights).is_absolute() and (run_dir / cfg.weights).exists():
+            cfg.weights = str(run_dir / cfg.weights)
     state = load_state_file(run_dir / MODEL_FILE)
     model = build_model(run_config.model, load_weights=True, encoders=encoders)
     load_strict(model.heads, _strip(state, "heads."), f"{run_dir / MODEL_FILE} (heads)")

@@ -1,0 +1,111 @@
+"""Import a checkpoint trained with the authors' research code into an ordinary run directory.
+
+``python -m training.import_research CKPT --out RUN_DIR [--variant dera-mos|astar-ntu]
+[--audio-encoder DIR] [--text-encoder DIR] [--tokenizer DIR] [--no-positional-encoding]``
+
+The checkpoint is read with ``torch.load(weights_only=True)`` (pickled code is refused). Encoder weights
+come from the checkpoint (``muq.model.*``, ``roberta.*``, written to ``RUN_DIR/encoders/``) or, when it has
+none, from the named local folders. The run directory then serves evaluation, export and the runtime
+unchanged; ``RUN_DIR/provenance.json`` records where it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import logging
+from pathlib import Path
+
+from deramos_rt.errors import DeramosError
+from deramos_rt.report import run_cli, setup_logging, step
+from training.checkpoint import load_state_file, save_run_model, write_json
+from training.config import RunConfig
+from training.research import VARIANTS, import_state_dict, split_state
+
+log = logging.getLogger("deramos.import")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.import_research", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="a .pth/.pt saved by the research code (a state dict)")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--variant", choices=VARIANTS, default="dera-mos")
+    p.add_argument("--audio-encoder", help="local MuQ-large-msd-iter folder, if the checkpoint has no muq.* tensors")
+    p.add_argument("--text-encoder", help="local roberta-base folder, if the checkpoint has no roberta.* tensors")
+    p.add_argument("--tokenizer", help="roberta-base tokenizer folder (default: --text-encoder)")
+    p.add_argument("--no-positional-encoding", action="store_true",
+                   help="drop the positional encoding (how the checkpoint was trained) instead of reproducing "
+                        "the authors' batch-1 evaluation outputs")
+    return p.parse_args(argv)
+
+
+def save_encoders(model, run_dir: Path, args) -> None:
+    """Point the config at encoder weights: files written from the checkpoint, or the given folders."""
+    from safetensors.torch import save_file
+
+    (run_dir / "encoders").mkdir(exist_ok=True)
+    for kind, attr, folder in (("audio", "audio_encoder", args.audio_encoder), ("text", "text_encoder", args.text_encoder)):
+        cfg = getattr(model.config, kind)
+        encoder = getattr(model, attr)
+        if encoder is not None:
+            state = encoder.state_dict() if kind == "audio" else encoder.model.state_dict()
+            name = f"encoders/{cfg.name}.safetensors"
+            save_file({k: v.contiguous() for k, v in state.items()}, str(run_dir / name))
+            cfg.weights = name  # relative to the run directory
+        elif folder:
+            cfg.weights = str(Path(folder).resolve())
+        else:
+            flag = "--audio-encoder" if kind == "audio" else "--text-encoder"
+            raise DeramosError(f"the checkpoint has no {kind} encoder tensors; pass {flag} DIR (a local copy)")
+    tokenizer = args.tokenizer or args.text_encoder
+    if model.config.text.options.get("size") == "tiny":
+        tokenizer = "tiny"
+    if tokenizer is None:
+        raise DeramosError("a roberta-base tokenizer folder is needed: pass --tokenizer DIR (vocab.json + merges.txt)")
+    model.config.text.tokenizer = tokenizer if tokenizer == "tiny" else str(Path(tokenizer).resolve())
+
+
+def import_checkpoint(args: argparse.Namespace) -> int:
+    source = Path(args.checkpoint)
+    run_dir = Path(args.out)
+    with step("read checkpoint", log) as info:
+        state = load_state_file(source)
+        groups = split_state(state)
+        info.update({name: len(tensors) for name, tensors in groups.items()})
+    with step(f"map onto the project's model ({args.variant})", log) as info:
+        model = import_state_dict(state, args.variant, not args.no_positional_encoding)
+        info["sama_pool"] = "kept" if any(k.startswith("audio_contrastive") for k in groups["heads"]) else "absent"
+        info["positional_encoding"] = model.config.positional_encoding
+    with step("write run directory", log) as info:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_encoders(model, run_dir, args)
+        save_run_model(model, run_dir)
+        RunConfig(model=model.config).to_json(run_dir / "config.json")
+        write_json(run_dir / "provenance.json", {
+            "source": str(source.resolve()), "sha256": _sha256(source), "variant": args.variant,
+            "imported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "positional_encoding": model.config.positional_encoding, "ta_pooling": model.config.ta_pooling,
+            "tensors": {name: len(t) for name, t in groups.items()}})
+        info["run"] = run_dir
+    for name, tensors in groups.items():
+        log.info("mapped %-8s %4d tensors", name, len(tensors))
+    return 0
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    args = parse_args(argv)
+    return run_cli("training.import_research", lambda: import_checkpoint(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
