@@ -11,13 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from deramos_rt.errors import DeramosError
 from deramos_rt.report import run_cli, setup_logging, step
 
 log = logging.getLogger("deramos.ablation")
@@ -34,15 +38,17 @@ COLUMNS = [(dim, level, metric) for dim in ("MI", "TA") for level in ("utterance
 
 
 def run_one(args, name: str, seed: int) -> dict:
-    from training import train
-
+    """One ordinary training run in its own process (single-threaded, so ``--jobs`` runs share the cores)."""
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     out = Path(args.runs) / f"{slug}-seed{seed}"
-    argv = ["--data", args.data, "--out", str(out), "--recipe", args.recipe, "--cache-dir", args.cache_dir,
-            "--seed", str(seed), "--epochs", str(args.epochs), "--patience", str(args.patience), *SETTINGS[name]]
+    argv = [sys.executable, "-m", "training.train", "--data", args.data, "--out", str(out), "--recipe", args.recipe,
+            "--cache-dir", args.cache_dir, "--seed", str(seed), "--epochs", str(args.epochs),
+            "--patience", str(args.patience), *SETTINGS[name]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with step(f"{name} seed {seed}", log):
-        if train.main(argv) != 0:
-            raise RuntimeError(f"training failed: python -m training.train {shlex.join(argv)}")
+        done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise DeramosError(f"training failed ({shlex.join(argv)}):\n{done.stderr[-2000:]}")
     return json.loads((out / "metrics.json").read_text())["test"]
 
 
@@ -71,12 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--only", nargs="*", default=None, help="subset of settings (by name)")
+    p.add_argument("--jobs", type=int, default=2, help="training runs in parallel")
     args = p.parse_args(argv)
     command = "python -m training.ablation " + shlex.join(argv if argv is not None else sys.argv[1:])
 
     def body() -> int:
         names = args.only or list(SETTINGS)
-        results = {name: [run_one(args, name, seed) for seed in args.seeds] for name in names}
+        # Fill the cache once, then run the settings in parallel processes.
+        run_one(args, names[0], args.seeds[0])
+        jobs = [(name, seed) for name in names for seed in args.seeds]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            done = list(pool.map(lambda job: run_one(args, *job), jobs))
+        results = {name: [done[jobs.index((name, seed))] for seed in args.seeds] for name in names}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(table(results, command))
         Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1))

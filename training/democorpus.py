@@ -341,11 +341,11 @@ def make_demo_corpus(out_dir: str | Path, clips: int = 600, seed: int = 0, clip_
     per_prompt = [list(range(len(SYSTEMS)))] * n_prompts
     per_prompt[-1] = list(range(clips - (n_prompts - 1) * len(SYSTEMS)))
     tasks = [(i, spec, per_prompt[i], seed, clip_seconds, str(out), soundfont, biases) for i, spec in enumerate(specs)]
-    if workers > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            results = pool.map(render_prompt, tasks, chunksize=1)
-    else:
-        results = [render_prompt(t) for t in tasks]
+    # Always render in fresh processes: the synthesiser's float arithmetic follows the calling thread's
+    # floating-point state (e.g. flush-to-zero flags that other libraries set), which would otherwise make
+    # the audio depend on what ran before in this process.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        results = pool.map(render_prompt, tasks, chunksize=1)
     rows = [r for chunk in results for r in chunk]
     write_layout(out, rows, rng)
     return out
