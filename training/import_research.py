@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import logging
 from pathlib import Path
 
 from deramos_rt.errors import DeramosError
 from deramos_rt.report import run_cli, setup_logging, step
+from training.cache import file_sha256
 from training.checkpoint import load_state_file, save_run_model, write_json
 from training.config import RunConfig
 from training.research import VARIANTS, import_state_dict, split_state
@@ -83,7 +83,7 @@ def import_checkpoint(args: argparse.Namespace) -> int:
         save_run_model(model, run_dir)
         RunConfig(model=model.config).to_json(run_dir / "config.json")
         write_json(run_dir / "provenance.json", {
-            "source": str(source.resolve()), "sha256": _sha256(source), "variant": args.variant,
+            "source": str(source.resolve()), "sha256": file_sha256(source), "variant": args.variant,
             "imported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "positional_encoding": model.config.positional_encoding, "ta_pooling": model.config.ta_pooling,
             "tensors": {name: len(t) for name, t in groups.items()}})
@@ -91,14 +91,6 @@ def import_checkpoint(args: argparse.Namespace) -> int:
     for name, tensors in groups.items():
         log.info("mapped %-8s %4d tensors", name, len(tensors))
     return 0
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
