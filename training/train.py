@@ -136,6 +136,7 @@ class Trainer:
         self.total_loss = total_loss
         self.optimizer = torch.optim.AdamW(model.heads.parameters(), lr=run_config.train.lr,
                                            weight_decay=run_config.train.weight_decay)
+        self.device = next(model.heads.parameters()).device
         self.state = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
         self.best_heads = {k: v.clone() for k, v in model.heads.state_dict().items()}
 
@@ -198,8 +199,14 @@ class Trainer:
                  loss.get("total", float("nan")), dev["MI"]["utterance"]["SRCC"], dev["TA"]["system"]["SRCC"],
                  score, "  *best*" if improved else "", seconds)
 
+    def _config_key(self) -> str:
+        # The device may differ between the interrupted run and its resumption; nothing else may.
+        data = self.cfg.to_dict()
+        data["train"].pop("device")
+        return json.dumps(data, sort_keys=True)
+
     def save_resume(self) -> None:
-        payload = {"config": json.dumps(self.cfg.to_dict(), sort_keys=True), "state": json.dumps(self.state),
+        payload = {"config": self._config_key(), "state": json.dumps(self.state),
                    "heads": self.model.heads.state_dict(), "best_heads": self.best_heads,
                    "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state()}
         tmp = self.run_dir / f".{RESUME_FILE}.tmp"
@@ -211,10 +218,11 @@ class Trainer:
         if not path.is_file():
             return False
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        if payload["config"] != json.dumps(self.cfg.to_dict(), sort_keys=True):
+        if payload["config"] != self._config_key():
             raise DeramosError(f"{self.run_dir} holds a run with a different config; use another --out or --overwrite")
         self.model.heads.load_state_dict(payload["heads"])
         self.best_heads = payload["best_heads"]
+        self.best_heads = {k: v.to(self.device) for k, v in self.best_heads.items()}
         self.optimizer.load_state_dict(payload["optimizer"])
         torch.set_rng_state(payload["rng"])
         self.state = json.loads(payload["state"])
