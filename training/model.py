@@ -229,7 +229,9 @@ def build_tokenizer(model: DeraMos):
     cfg = model.config.text
     enc = model.text_encoder
     spec = cfg.tokenizer or (enc.tokenizer_dir if enc is not None else None) or cfg.weights
-    if spec is None:
-        raise DeramosError(f"no tokenizer known for text backbone {cfg.name!r}; set model.text.tokenizer")
+    if spec is None or (spec != "tiny" and not Path(spec).is_dir()):
+        raise DeramosError(f"no tokenizer folder known for text backbone {cfg.name!r} (weights {cfg.weights!r} are "
+                           "not a folder with tokenizer files); set model.text.tokenizer / --tokenizer to a local "
+                           "tokenizer folder, e.g. roberta-base's (vocab.json + merges.txt)")
     vocab = enc.contract.vocab_size if enc is not None else None
     return load_tokenizer(str(Path(spec)) if spec != "tiny" else spec, model.config.max_tokens, vocab)

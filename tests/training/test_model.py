@@ -96,3 +96,13 @@ def test_full_tiny_model_keeps_encoders_frozen_and_in_eval(tiny_config):
     single = tok(["a calm low tone"])
     alone = model(wave[:1], torch.from_numpy(single.input_ids), torch.from_numpy(single.attention_mask))
     assert (alone["mi"][0] - out["mi"][0]).abs() < 1e-5 and (alone["ta"][0] - out["ta"][0]).abs() < 1e-5
+
+
+def test_text_weights_file_without_tokenizer_folder_is_a_clear_error(tmp_path):
+    from training.config import BackboneConfig
+    from training.model import DeraMos
+
+    cfg = ModelConfig(audio_dim=32, text_dim=32, text=BackboneConfig("roberta", weights=str(tmp_path / "clap.pt")))
+    model = DeraMos(cfg, None, None)
+    with pytest.raises(DeramosError, match="--tokenizer"):
+        build_tokenizer(model)

@@ -97,7 +97,7 @@ class HFTextBackbone(TextBackbone):
         super().__init__()
         from transformers import AutoModel
 
-        # Eager attention: bit-reproducible across batch shapes and as fast as sdpa on CPU at these sizes.
+        # Eager attention: transformers' reference path; within a few percent of sdpa on CPU at these sizes.
         config._attn_implementation = "eager"
         _check_positions(config, max_tokens)
         self.name = name
