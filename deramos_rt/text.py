@@ -65,6 +65,11 @@ class PromptTokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    def save(self, path: str | Path) -> Path:
+        """Write the tokenizer as one ``tokenizer.json`` (specials and truncation included)."""
+        self._tok.save(str(path))
+        return Path(path)
+
     def __call__(self, prompts: list[str]) -> TokenBatch:
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -103,6 +108,22 @@ def load_tokenizer(spec: str | Path, max_tokens: int, expected_vocab_size: int |
         raise DeramosError(
             f"tokenizer from {spec} has {out.vocab_size} tokens but the model expects {expected_vocab_size}"
         )
+    return out
+
+
+def load_tokenizer_file(path: str | Path, max_tokens: int, pad_id: int,
+                        expected_vocab_size: int | None = None) -> PromptTokenizer:
+    """Load a bundle's ``tokenizer.json`` (written by :meth:`PromptTokenizer.save`), vocabulary checked."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises its own Exception subclass for any unreadable file
+        raise DeramosError(f"cannot read tokenizer file {path}: {exc}") from exc
+    out = PromptTokenizer(tok, max_tokens, pad_id)
+    if expected_vocab_size is not None and out.vocab_size != expected_vocab_size:
+        raise DeramosError(f"tokenizer {path} has {out.vocab_size} tokens but the model expects {expected_vocab_size}")
     return out
 
 

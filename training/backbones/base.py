@@ -32,7 +32,7 @@ class AudioContract:
 
     @property
     def protocol(self) -> AudioProtocol:
-        return AudioProtocol(self.sample_rate, self.clip_seconds)
+        return AudioProtocol(self.sample_rate, self.clip_seconds)  # resampler: the model config decides
 
     @property
     def num_samples(self) -> int:
