@@ -23,6 +23,12 @@ import numpy as np
 from deramos_rt.errors import DeramosError
 
 RESAMPLERS = ("soxr", "torchaudio")
+LONG_AUDIO = ("truncate", "windows")
+# More channels than this is not music for a stereo-or-mono model (and a sign of a wrong file).
+MAX_CHANNELS = 8
+# Input decoded past the clip end so that the resampler's filter sees the same neighbours as with the whole
+# file (soxr HQ and torchaudio's kernel reach a few ms; 0.1 s leaves a wide margin).
+DECODE_MARGIN_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,9 @@ class AudioProtocol:
     resampler: str = "soxr"
 
     def __post_init__(self):
+        if not self.sample_rate > 0 or not self.clip_seconds > 0:
+            raise DeramosError(f"audio protocol needs a positive rate and clip length, got {self.sample_rate} Hz, "
+                               f"{self.clip_seconds} s")
         if self.resampler not in RESAMPLERS:
             raise DeramosError(f"unknown resampler {self.resampler!r}; choose one of: {', '.join(RESAMPLERS)}")
 
@@ -48,18 +57,20 @@ class AudioProtocol:
         return int(round(self.sample_rate * self.clip_seconds))
 
 
-def read_audio(path: str | Path, mono: bool = True) -> tuple[np.ndarray, int]:
+def read_audio(path: str | Path, mono: bool = True, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Decode a file to a float32 signal at its own rate.
 
     Args:
         path: any format libsndfile reads (WAV, FLAC, OGG, MP3).
         mono: average the channels (else keep them, shape (frames, channels)).
+        max_seconds: decode only this many seconds from the start plus a resampling margin
+            (:data:`DECODE_MARGIN_SECONDS`), not the whole file; None decodes everything.
 
     Returns:
         (signal of shape (n,) or (n, channels), sample rate).
 
     Raises:
-        DeramosError: the file is missing, unreadable or empty.
+        DeramosError: the file is missing, unreadable, empty or has more than :data:`MAX_CHANNELS` channels.
     """
     import soundfile as sf
 
@@ -67,13 +78,20 @@ def read_audio(path: str | Path, mono: bool = True) -> tuple[np.ndarray, int]:
     if not path.is_file():
         raise DeramosError(f"audio file not found: {path}")
     try:
-        # Never trust the header's frame count (some OGG files overstate it): use what decodes.
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            rate, channels = int(f.samplerate), int(f.channels)
+            if channels > MAX_CHANNELS:
+                raise DeramosError(f"audio file has {channels} channels (at most {MAX_CHANNELS} are read): {path}")
+            frames = -1 if max_seconds is None else int(np.ceil((max_seconds + DECODE_MARGIN_SECONDS) * rate))
+            # Never trust the header's frame count (some OGG files overstate it): use what decodes.
+            data = f.read(frames=frames, dtype="float32", always_2d=True)
+    except DeramosError:
+        raise
     except Exception as exc:  # soundfile raises several types; all mean "cannot decode"
         raise DeramosError(f"cannot decode audio file {path}: {exc}") from exc
     if data.shape[0] == 0:
         raise DeramosError(f"audio file has no samples: {path}")
-    return (to_mono(data) if mono else data), int(rate)
+    return (to_mono(data) if mono else data), rate
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:
@@ -98,8 +116,8 @@ def resample(signal: np.ndarray, rate: int, target_rate: int, resampler: str = "
     """
     if rate == target_rate:
         return np.asarray(signal, dtype=np.float32)
-    if rate <= 0:
-        raise DeramosError(f"invalid sample rate {rate}")
+    if rate <= 0 or target_rate <= 0:
+        raise DeramosError(f"invalid sample rates {rate} Hz -> {target_rate} Hz")
     if resampler == "torchaudio":
         from deramos_rt.resample import torchaudio_resample
 
@@ -120,26 +138,63 @@ def fit_length(signal: np.ndarray, num_samples: int) -> np.ndarray:
     return out
 
 
-def prepare(signal: np.ndarray, rate: int, protocol: AudioProtocol) -> np.ndarray:
-    """Apply the protocol to an already decoded signal (mono or (frames, channels))."""
+def protocol_signal(signal: np.ndarray, rate: int, protocol: AudioProtocol) -> np.ndarray:
+    """Mono float32 at the protocol's rate, whole length (no padding or truncation yet)."""
     signal = np.asarray(signal, dtype=np.float32)
     if signal.ndim not in (1, 2):
         raise DeramosError(f"audio array must be 1-D or (frames, channels), got shape {signal.shape}")
+    if signal.shape[0] == 0:
+        raise DeramosError("audio has no samples")
+    if signal.ndim == 2 and signal.shape[1] > MAX_CHANNELS:
+        raise DeramosError(f"audio has {signal.shape[1]} channels (at most {MAX_CHANNELS} are read)")
     if not np.all(np.isfinite(signal)):
         raise DeramosError("audio contains NaN or infinite samples")
     if signal.ndim == 2 and protocol.resampler == "torchaudio":
         # The authors resample each channel, then average (resampling is linear, so this differs from
         # mean-then-resample only by rounding, but the protocol is theirs to the last bit we can match).
-        return fit_length(to_mono(resample(signal, rate, protocol.sample_rate, "torchaudio")), protocol.num_samples)
+        return to_mono(resample(signal, rate, protocol.sample_rate, "torchaudio"))
     if signal.ndim == 2:
         signal = to_mono(signal)
-    return fit_length(resample(signal, rate, protocol.sample_rate, protocol.resampler), protocol.num_samples)
+    return resample(signal, rate, protocol.sample_rate, protocol.resampler)
+
+
+def prepare(signal: np.ndarray, rate: int, protocol: AudioProtocol) -> np.ndarray:
+    """Apply the protocol to an already decoded signal (mono or (frames, channels))."""
+    return fit_length(protocol_signal(signal, rate, protocol), protocol.num_samples)
+
+
+def split_windows(signal: np.ndarray, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive windows of ``num_samples`` (the last zero-padded) and each window's share of real audio.
+
+    Returns:
+        (windows (W, num_samples) float32, weights (W,) float64 in (0, 1]).
+    """
+    count = max(1, -(-signal.shape[0] // num_samples))
+    windows = np.zeros((count, num_samples), dtype=np.float32)
+    weights = np.empty(count, dtype=np.float64)
+    for i in range(count):
+        part = signal[i * num_samples : (i + 1) * num_samples]
+        windows[i, : part.shape[0]] = part
+        weights[i] = part.shape[0] / num_samples
+    return windows, weights
+
+
+def _decode(path: str | Path, protocol: AudioProtocol, max_seconds: float | None) -> np.ndarray:
+    signal, rate = read_audio(path, mono=protocol.resampler == "soxr", max_seconds=max_seconds)
+    try:
+        return protocol_signal(signal, rate, protocol)
+    except DeramosError as exc:
+        raise DeramosError(f"{path}: {exc}") from exc
 
 
 def load_clip(path: str | Path, protocol: AudioProtocol) -> np.ndarray:
-    """Decode a file and apply the protocol: returns float32 of shape (protocol.num_samples,)."""
-    signal, rate = read_audio(path, mono=protocol.resampler == "soxr")
-    try:
-        return prepare(signal, rate, protocol)
-    except DeramosError as exc:
-        raise DeramosError(f"{path}: {exc}") from exc
+    """Decode a file and apply the protocol: returns float32 of shape (protocol.num_samples,).
+
+    Only the used part of the file (plus a resampling margin) is decoded.
+    """
+    return fit_length(_decode(path, protocol, protocol.clip_seconds), protocol.num_samples)
+
+
+def load_windows(path: str | Path, protocol: AudioProtocol) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a whole file and cut it into protocol-length windows (see :func:`split_windows`)."""
+    return split_windows(_decode(path, protocol, None), protocol.num_samples)

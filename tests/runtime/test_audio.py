@@ -44,3 +44,35 @@ def test_bad_audio_is_a_clear_error(tmp_path):
         read_audio(junk)
     with pytest.raises(DeramosError, match="NaN"):
         prepare(np.array([0.0, np.nan], dtype=np.float32), 16000, AudioProtocol(16000, 1.0))
+
+
+def test_partial_decode_equals_the_whole_file_prepared(tmp_path):
+    from deramos_rt.audio import read_audio as read
+
+    path = tmp_path / "long.flac"
+    rng = np.random.default_rng(1)
+    sf.write(path, rng.uniform(-0.5, 0.5, (44100 * 40, 2)).astype(np.float32), 44100)
+    protocol = AudioProtocol(24000, 10.0)
+    whole, rate = read(path)
+    assert np.array_equal(load_clip(path, protocol), prepare(whole, rate, protocol))
+    part, _ = read(path, max_seconds=10.0)
+    assert part.shape[0] < whole.shape[0] // 3
+
+
+def test_channel_limit_and_extreme_rates(tmp_path):
+    nine = tmp_path / "nine.wav"
+    sf.write(nine, np.zeros((800, 9), dtype=np.float32), 8000)
+    with pytest.raises(DeramosError, match="9 channels"):
+        read_audio(nine)
+    for rate in (8000, 384000):
+        path = tmp_path / f"r{rate}.wav"
+        sf.write(path, np.full(rate // 2, 0.1, dtype=np.float32), rate)
+        assert load_clip(path, AudioProtocol(16000, 1.0)).shape == (16000,)
+
+
+def test_split_windows_pads_the_last_window_and_weights_real_audio():
+    from deramos_rt.audio import split_windows
+
+    windows, weights = split_windows(np.arange(10, dtype=np.float32), 4)
+    assert windows.shape == (3, 4) and windows[2].tolist() == [8, 9, 0, 0]
+    assert weights.tolist() == [1.0, 1.0, 0.5]

@@ -1,0 +1,214 @@
+"""The ``deramos-rt`` command: ``score``, ``info`` and ``compare``.
+
+``deramos-rt score MANIFEST --out scores.csv`` scores every clip of a manifest (see ``deramos_rt.io``);
+``deramos-rt score --musiceval DIR --split test --out ...`` scores a MusicEval split and prints the
+utterance- and system-level metrics against its labels. Exit codes: 0 every clip scored, 3 some clips
+failed (each has its error in the output), 2 the job could not start, 130 interrupted (finished clips are
+kept in ``OUT.partial``; rerun with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+from deramos_rt.errors import DeramosError
+from deramos_rt.report import run_cli, setup_logging, step, versions
+
+log = logging.getLogger("deramos")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from deramos_rt.audio import LONG_AUDIO
+    from deramos_rt.backends import NAMES
+
+    parser = argparse.ArgumentParser(prog="deramos-rt", description="DeRA-MOS scoring of text-to-music clips.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    score = sub.add_parser("score", help="score a manifest (or a MusicEval split) into a score file")
+    score.add_argument("manifest", nargs="?", help="CSV or JSONL with path, prompt[, id, system]")
+    score.add_argument("--musiceval", metavar="DIR", help="score a MusicEval-layout folder instead of a manifest")
+    score.add_argument("--split", default="test", choices=["train", "dev", "test"], help="MusicEval split")
+    score.add_argument("--out", required=True, help="score file, .csv or .jsonl")
+    score.add_argument("--bundle", help="bundle folder or training run directory (default: the built-in model)")
+    score.add_argument("--backend", default="auto", choices=NAMES)
+    score.add_argument("--device", help="cpu, cuda, cuda:N (default: the backend's choice)")
+    score.add_argument("--precision", choices=["fp32", "int8", "fp16", "bf16"])
+    score.add_argument("--batch-size", type=int, help="windows per inference call (default 8 CPU / 32 GPU)")
+    score.add_argument("--workers", type=int, help="decode threads (default: up to 4)")
+    score.add_argument("--threads", type=int, help="CPU threads for the backend")
+    score.add_argument("--long-audio", default="truncate", choices=LONG_AUDIO,
+                       help="truncate (the paper's protocol) or windows (weighted mean over clip-length windows)")
+    score.add_argument("--resume", action="store_true", help="continue OUT.partial / OUT, skipping finished clips")
+    score.add_argument("--overwrite", action="store_true", help="discard existing output")
+    score.add_argument("--probs", action="store_true", help="also write the MI / TA distributions")
+    score.add_argument("--report", metavar="DIR", help="write a comparison report (deramos-rt compare) here")
+    sub.add_parser("info", help="backends, providers, devices, versions and what is missing")
+    if importlib.util.find_spec("deramos_rt.compare") is not None:
+        from deramos_rt import compare
+
+        compare.add_arguments(sub.add_parser("compare", help="compare systems from a score file"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``deramos-rt``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    if args.command == "info":
+        return run_cli("deramos-rt", info)
+    if args.command == "compare":
+        from deramos_rt import compare
+
+        return run_cli("deramos-rt", lambda: compare.run(args))
+    return run_cli("deramos-rt", lambda: score(args))
+
+
+# ------------------------------------------------------------------------------------------------ score
+
+
+def _requests(args):
+    """(clip requests, count, MusicEval clips or None), all checked before any work."""
+    from deramos_rt import io
+
+    if (args.manifest is None) == (args.musiceval is None):
+        raise DeramosError("give either a MANIFEST or --musiceval DIR (not both)")
+    if args.musiceval is None:
+        with step("check manifest") as info:
+            info["clips"] = total = io.check_manifest(args.manifest)
+        return io.iter_manifest(args.manifest), total, None
+    from deramos_rt.musiceval import read_split
+    from deramos_rt.pipeline import ClipRequest
+
+    with step(f"read MusicEval {args.split}") as info:
+        # Unreadable audio becomes a per-clip error in the output, so files are not pre-checked here.
+        clips = read_split(args.musiceval, args.split, check_audio=False)
+        info["clips"] = len(clips)
+    requests = (ClipRequest(c.wav_id, str(c.path), c.system_id, c.prompt) for c in clips)
+    return requests, len(clips), clips
+
+
+def score(args: argparse.Namespace) -> int:
+    """The ``score`` subcommand."""
+    from deramos_rt import io
+    from deramos_rt.scorer import Scorer
+
+    io.file_format(args.out, "output")
+    requests, total, musiceval = _requests(args)
+    log.info("versions: %s", versions())
+    with step("open backend") as info:
+        scorer = Scorer(args.bundle, backend=args.backend, device=args.device, batch_size=args.batch_size,
+                        workers=args.workers, long_audio=args.long_audio, precision=args.precision,
+                        threads=args.threads)
+        backend = scorer.backend.info
+        info.update(backend=backend.name, precision=backend.precision, device=backend.device)
+    log.info("backend detail: %s; model %s; batch %d", backend.detail, scorer.model.identity, scorer.batch_size)
+    with step("score") as info:
+        report = io.score_requests(scorer, requests, args.out, total, resume=args.resume, probs=args.probs,
+                                   overwrite=args.overwrite, progress_stream=sys.stderr)
+        rate = report.scored / report.seconds if report.seconds > 0 else 0.0
+        info.update(clips=total - report.skipped, skipped=report.skipped, failed=report.failed,
+                    clips_per_s=f"{(total - report.skipped) / max(report.seconds, 1e-9):.1f}")
+    scorer.close()
+    log.info("scored %d, failed %d (error in the output), resumed past %d, prompts truncated %d; %.1f scored/s",
+             report.scored, report.failed, report.skipped, report.prompts_truncated, rate)
+    print(f"wrote {report.out} and {report.summary}")
+    if musiceval is not None:
+        print_musiceval_metrics(report.out, musiceval)
+    if args.report:
+        _report(args)
+    return report.exit_code
+
+
+def print_musiceval_metrics(out: Path, clips) -> dict:
+    """Utterance- and system-level MSE / LCC / SRCC / KTAU of the scored clips against their labels."""
+    from deramos_rt.io import read_rows
+    from deramos_rt.metrics import mos_metrics
+
+    labels = {c.wav_id: c for c in clips}
+    results = {}
+    for dim in ("mi", "ta"):
+        pred, true, systems = [], [], []
+        for row in read_rows(out):
+            value = row.get(dim)
+            if value not in (None, "") and row["id"] in labels:
+                clip = labels[row["id"]]
+                pred.append(float(value)), true.append(getattr(clip, dim)), systems.append(clip.system_id)
+        results[dim] = metrics = mos_metrics(pred, true, systems)
+        for level in ("utterance", "system"):
+            m = metrics[level]
+            print(f"{dim.upper()} {level:9s} n={len(pred) if level == 'utterance' else len(set(systems)):4d} "
+                  f"MSE {m['MSE']:.4f}  LCC {m['LCC']:.4f}  SRCC {m['SRCC']:.4f}  KTAU {m['KTAU']:.4f}")
+    return results
+
+
+def _report(args: argparse.Namespace) -> None:
+    """``--report DIR``: run the comparison on the finished score file, when that module is installed."""
+    if importlib.util.find_spec("deramos_rt.compare") is None:
+        log.warning("--report: deramos_rt.compare is not available in this installation; no report written")
+        return
+    from deramos_rt import compare
+
+    parser = argparse.ArgumentParser(prog="deramos-rt compare")
+    compare.add_arguments(parser)
+    argv = [str(args.out), "--out", str(args.report)]
+    if args.musiceval:
+        argv += ["--musiceval", str(args.musiceval), "--split", args.split]
+    with step("report"):
+        compare.run(parser.parse_args(argv))
+
+
+# ------------------------------------------------------------------------------------------------- info
+
+
+def _version(module: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(module)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def info() -> int:
+    """The ``info`` subcommand: what can run here, and what is missing for the rest."""
+    from deramos_rt import __version__
+    from deramos_rt.backends import BACKENDS, missing_packages, ort_providers
+    from deramos_rt.bundle import is_bundle
+    from deramos_rt.scorer import DEFAULT_BUNDLE, BUILD_DEFAULT
+
+    print(f"deramos_rt {__version__}; {versions()}")
+    for dist in ("numpy", "soundfile", "soxr", "tokenizers", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt"):
+        print(f"  {dist:16s} {_version(dist)}")
+    for name, spec in BACKENDS.items():
+        missing = missing_packages(name)
+        if missing:
+            print(f"backend {name:12s} missing: {', '.join(missing)} (install extra: {spec.extra})")
+            continue
+        print(f"backend {name:12s} available; {_backend_detail(name)}")
+    default = DEFAULT_BUNDLE
+    print(f"default model bundle: {default} " + ("(present)" if is_bundle(default) else f"(missing: {BUILD_DEFAULT})"))
+    return 0
+
+
+def _backend_detail(name: str) -> str:
+    from deramos_rt.backends import gpu_present, ort_providers
+
+    if name == "onnxruntime":
+        providers = ort_providers()
+        note = "" if "CUDAExecutionProvider" in providers else " (GPU needs the 'gpu' extra: onnxruntime-gpu)"
+        return f"providers: {', '.join(providers)}{note}"
+    if name in ("torch", "aoti"):
+        import torch
+
+        devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return f"torch {torch.__version__}; CUDA devices: {', '.join(devices) or 'none'}"
+    return f"GPU present: {gpu_present()}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""The Scorer: MI and TA for (audio, prompt) items, streamed through any backend.
+
+Work is shaped for throughput and for scores that depend on nothing but the clip and its prompt:
+
+* clips are decoded and resampled in worker threads (``deramos_rt.pipeline``) with the model's audio
+  protocol, the same ``deramos_rt.audio`` code training uses;
+* batches are formed by clip *window* (one window per clip in ``truncate`` mode, consecutive windows of
+  the clip length in ``windows`` mode), whatever file they came from;
+* each distinct prompt goes through the text graph once (bounded LRU by text); the TA graph pairs the
+  cached ``text_x`` with every window's ``audio_x``, padded to the batch's longest prompt with a mask;
+* a long clip in ``windows`` mode scores the mean of its windows' distributions weighted by how much of
+  each window is real audio (scalar heads: the weighted mean score). Never a random crop.
+
+A clip that cannot be scored (missing, corrupt, empty, NaN samples, too many channels) gets ``error``
+set and the job goes on; an empty prompt gives MI and a TA error.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from deramos_rt.audio import LONG_AUDIO
+from deramos_rt.errors import DeramosError
+from deramos_rt.pipeline import ClipRequest, Prepared, make_request, prepared_stream
+
+log = logging.getLogger("deramos.scorer")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_BUNDLE = REPO / "models" / "default-bundle"
+DEFAULT_RUN = REPO / "models" / "default"
+BUILD_DEFAULT = ("python -m export.build_engine --run models/default --out models/default-bundle "
+                 "--precision fp32,int8")
+EMPTY_PROMPT = "empty prompt: TA not scored (MI given)"
+TEXT_CACHE_SIZE = 2048
+
+
+@dataclass
+class ClipScore:
+    """One clip's result.
+
+    Attributes:
+        id, path, system, prompt: as given (path is None for in-memory audio).
+        mi, ta: expected scores in [1, 5]; None when not scored.
+        mi_probs, ta_probs: the 20-bin distributions (distribution heads), else None.
+        error: None when both scores were given, else why not (one line).
+        prompt_truncated: the prompt was longer than the model's token limit and was cut.
+        windows: how many windows of the clip length were scored.
+    """
+
+    id: str
+    path: str | None
+    system: str
+    prompt: str
+    mi: float | None = None
+    ta: float | None = None
+    mi_probs: list[float] | None = None
+    ta_probs: list[float] | None = None
+    error: str | None = None
+    prompt_truncated: bool = False
+    windows: int = 0
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the Scorer needs to know about a model, from a bundle's manifest or a run directory."""
+
+    protocol: object
+    tokenizer: object
+    head: str
+    bins: np.ndarray | None
+    identity: str
+
+
+def resolve_source(bundle, backend: str):
+    """A loaded :class:`~deramos_rt.bundle.Bundle`, or a run directory ``Path`` (torch backend).
+
+    Raises:
+        DeramosError: the default bundle is missing (naming the command that builds it), or the path is
+            neither a bundle nor a run directory.
+    """
+    from deramos_rt.bundle import is_bundle, load_bundle
+
+    if bundle is None:
+        if backend == "torch" and not os.environ.get("DERAMOS_DEFAULT_BUNDLE"):
+            return DEFAULT_RUN
+        path = Path(os.environ.get("DERAMOS_DEFAULT_BUNDLE") or DEFAULT_BUNDLE)
+        if not is_bundle(path):
+            raise DeramosError(f"the built-in default model's bundle is missing ({path}); build it with: "
+                               f"{BUILD_DEFAULT} (setup.sh does this), or score the run directory with "
+                               "backend 'torch'")
+        return load_bundle(path)
+    path = Path(bundle)
+    if is_bundle(path):
+        return load_bundle(path)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return path
+    raise DeramosError(f"{path} is neither a bundle (no deramos.json) nor a training run directory "
+                       "(config.json + model.safetensors)")
+
+
+def _facts(source, backend) -> ModelFacts:
+    if isinstance(source, Path):
+        return ModelFacts(backend.protocol, backend.tokenizer, backend.head, backend.bins, backend.identity[:16])
+    return ModelFacts(source.protocol, source.tokenizer(), source.head, source.bins, source.sha256[:16])
+
+
+class _ClipState:
+    """Accumulates a clip's window outputs until every window is in."""
+
+    def __init__(self, prepared: Prepared):
+        self.request = prepared.request
+        self.error = prepared.error
+        self.weights = prepared.weights
+        self.left = 0 if prepared.windows is None else len(prepared.windows)
+        self.mi = None
+        self.ta = None
+        self.truncated = False
+
+
+class Scorer:
+    """Scores clips with a DeRA-MOS model.
+
+    Args:
+        bundle: a bundle folder, a training run directory, or None for the built-in default model
+            (``models/default-bundle``; ``$DERAMOS_DEFAULT_BUNDLE`` overrides).
+        backend: ``auto``, ``onnxruntime``, ``tensorrt``, ``aoti`` or ``torch`` (run directories).
+        device: ``cpu``, ``cuda``, ``cuda:N`` (None: the backend's choice).
+        batch_size: windows per inference call (None: 8 on CPU, 32 on GPU).
+        workers: decode threads (None: up to 4; 0: decode on the calling thread).
+        long_audio: ``truncate`` (the paper's protocol: the first clip-length seconds) or ``windows``.
+        precision: ``fp32``, ``int8``, ``fp16`` or ``bf16`` where the backend has it (None: its default).
+        threads: CPU threads for the backend (None: its default).
+
+    Example::
+
+        scorer = Scorer()
+        [clip] = scorer.score([("song.wav", "calm piano")])
+        print(clip.mi, clip.ta)
+    """
+
+    def __init__(self, bundle=None, backend: str = "auto", device: str | None = None,
+                 batch_size: int | None = None, workers: int | None = None, long_audio: str = "truncate",
+                 precision: str | None = None, threads: int | None = None):
+        from deramos_rt.backends import open_backend
+
+        if long_audio not in LONG_AUDIO:
+            raise DeramosError(f"unknown long_audio {long_audio!r}; choose one of: {', '.join(LONG_AUDIO)}")
+        if batch_size is not None and int(batch_size) < 1:
+            raise DeramosError(f"batch_size must be at least 1, got {batch_size}")
+        if workers is not None and int(workers) < 0:
+            raise DeramosError(f"workers must be 0 or more, got {workers}")
+        self.source = resolve_source(bundle, backend)
+        self.backend = open_backend(backend, self.source, device, precision, threads)
+        self.model = _facts(self.source, self.backend)
+        on_gpu = self.backend.info.device.startswith(("cuda", "tensorrt"))
+        self.batch_size = int(batch_size) if batch_size else (32 if on_gpu else 8)
+        self.workers = workers
+        self.long_audio = long_audio
+        self._text: collections.OrderedDict[str, tuple[np.ndarray, bool]] = collections.OrderedDict()
+        self.counts = collections.Counter()
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        """What produced the scores: backend, precision, model identity, deramos_rt version."""
+        from deramos_rt import __version__
+
+        info = self.backend.info
+        return {"backend": info.name, "precision": info.precision, "bundle": self.model.identity,
+                "deramos_rt": __version__}
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Scorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -------------------------------------------------------------------------------------------- API
+
+    def score(self, items: Iterable) -> list[ClipScore]:
+        """Score items, one result per item in input order.
+
+        Args:
+            items: ``(path, prompt)``, ``(array, sample_rate, prompt)`` or dicts with ``path`` (or
+                ``array`` + ``sample_rate``), ``prompt`` and optional ``id`` / ``system``.
+        """
+        return list(self.iter_scores(items))
+
+    def iter_scores(self, items: Iterable) -> Iterator[ClipScore]:
+        """Like :meth:`score`, but streamed: memory stays flat in the number of items."""
+        requests = (make_request(item, i) for i, item in enumerate(items))
+        stream = prepared_stream(requests, self.model.protocol, self.long_audio, self.workers,
+                                 prefetch=max(4 * self.batch_size, 16))
+        yield from self._score_prepared(stream)
+
+    def score_manifest(self, manifest, out, resume: bool = True, probs: bool = False,
+                       overwrite: bool = False) -> dict:
+        """Stream a manifest (CSV / JSONL) to a score file; see :func:`deramos_rt.io.score_manifest`."""
+        from deramos_rt.io import score_manifest
+
+        return score_manifest(self, manifest, out, resume=resume, probs=probs, overwrite=overwrite)
+
+    # ---------------------------------------------------------------------------------------- batching
+
+    def _score_prepared(self, stream: Iterable[Prepared]) -> Iterator[ClipScore]:
+        pending: collections.deque[_ClipState] = collections.deque()
+        batch: list[tuple[_ClipState, int, np.ndarray]] = []
+        for prepared in stream:
+            state = _ClipState(prepared)
+            pending.append(state)
+            for i in range(state.left):
+                batch.append((state, i, prepared.windows[i]))
+                if len(batch) == self.batch_size:
+                    self._run_batch(batch)
+                    batch = []
+                    yield from self._ready(pending)
+            yield from self._ready(pending)
+        if batch:
+            self._run_batch(batch)
+        yield from self._ready(pending)
+
+    def _ready(self, pending) -> Iterator[ClipScore]:
+        while pending and pending[0].left == 0:
+            yield self._finish(pending.popleft())
+
+    def _run_batch(self, batch: list[tuple[_ClipState, int, np.ndarray]]) -> None:
+        waves = np.stack([w for _, _, w in batch])
+        mi, audio_x = self.backend.run_audio(waves)
+        rows = [r for r, (state, _, _) in enumerate(batch) if state.request.prompt.strip()]
+        ta = self._run_ta(audio_x[np.asarray(rows)], [batch[r][0].request.prompt for r in rows]) if rows else None
+        ta_of = dict(zip(rows, ta)) if rows else {}
+        for r, (state, window, _) in enumerate(batch):
+            weight = float(state.weights[window])
+            state.mi = _accumulate(state.mi, mi[r], weight)
+            if r in ta_of:
+                state.ta = _accumulate(state.ta, ta_of[r], weight)
+            state.left -= 1
+        self.counts["windows"] += len(batch)
+
+    def _run_ta(self, audio_x: np.ndarray, prompts: list[str]) -> np.ndarray:
+        """TA for each row of ``audio_x`` with its prompt (cached ``text_x`` padded to the longest + mask)."""
+        self._encode_prompts(prompts)
+        texts = [self._text[p][0] for p in prompts]
+        length = max(t.shape[0] for t in texts)
+        text_x = np.zeros((len(texts), length, texts[0].shape[1]), dtype=np.float32)
+        mask = np.zeros((len(texts), length), dtype=np.int64)
+        for i, t in enumerate(texts):
+            text_x[i, : t.shape[0]] = t
+            mask[i, : t.shape[0]] = 1
+        return self.backend.run_ta(audio_x, text_x, mask)
+
+    def _encode_prompts(self, prompts: list[str]) -> None:
+        """Run the text graph once for each prompt not in the cache (all new ones in one call)."""
+        new = list(dict.fromkeys(p for p in prompts if p not in self._text))
+        for p in prompts:
+            if p in self._text:
+                self._text.move_to_end(p)
+        if not new:
+            return
+        tokens = self.model.tokenizer(new)
+        text_x = self.backend.run_text(tokens.input_ids, tokens.attention_mask)
+        truncated = prompt_truncated(self.model.tokenizer, new)
+        for i, p in enumerate(new):
+            real = int(tokens.attention_mask[i].sum())
+            self._text[p] = (np.array(text_x[i, :real], dtype=np.float32), truncated[i])
+            self.counts["prompts_encoded"] += 1
+        while len(self._text) > TEXT_CACHE_SIZE:
+            self._text.popitem(last=False)
+
+    def _finish(self, state: _ClipState) -> ClipScore:
+        req = state.request
+        out = ClipScore(req.id, req.path, req.system, req.prompt, windows=0 if state.weights is None else len(state.weights))
+        if state.error is not None:
+            out.error = state.error
+            self.counts["failed"] += 1
+            return out
+        total = float(np.sum(state.weights))
+        out.mi, out.mi_probs = self._expected(state.mi / total)
+        if state.ta is not None:
+            out.ta, out.ta_probs = self._expected(state.ta / total)
+            entry = self._text.get(req.prompt)
+            out.prompt_truncated = bool(entry and entry[1])
+            self.counts["prompts_truncated"] += out.prompt_truncated
+        else:
+            out.error = EMPTY_PROMPT
+            self.counts["failed"] += 1
+        self.counts["scored" if out.error is None else "partial"] += 1
+        return out
+
+    def _expected(self, value: np.ndarray) -> tuple[float, list[float] | None]:
+        if self.model.head == "distribution":
+            return float(value @ self.model.bins), [float(v) for v in value]
+        return float(value), None
+
+
+def _accumulate(total, value, weight: float):
+    contribution = np.asarray(value, dtype=np.float64) * weight
+    return contribution if total is None else total + contribution
+
+
+def prompt_truncated(tokenizer, prompts: list[str]) -> list[bool]:
+    """Whether each prompt was cut at the tokenizer's limit (its encoding overflowed)."""
+    method = getattr(tokenizer, "truncated", None)
+    if callable(method):
+        return list(method(prompts))
+    # PromptTokenizer keeps its ``tokenizers.Tokenizer`` (truncation enabled) as ``_tok``.
+    return [bool(enc.overflowing) for enc in tokenizer._tok.encode_batch(list(prompts))]
+
+
+def system_scores(results: Iterable[ClipScore]) -> dict[str, dict]:
+    """Per-system means, counts and failures.
+
+    Returns:
+        ``{system: {"clips", "failed", "mi_n", "mi_mean", "ta_n", "ta_mean"}}`` (means None when nothing
+        was scored), systems in first-seen order.
+    """
+    tally = SystemTally()
+    for r in results:
+        tally.add(r.system, r.mi, r.ta, r.error)
+    return tally.summary()
+
+
+class SystemTally:
+    """Streaming per-system sums (memory flat in the number of clips)."""
+
+    def __init__(self):
+        self._rows: dict[str, list] = {}
+
+    def add(self, system: str, mi: float | None, ta: float | None, error: str | None) -> None:
+        row = self._rows.setdefault(system or "", [0, 0, 0, 0.0, 0, 0.0])
+        row[0] += 1
+        row[1] += bool(error)
+        if mi is not None and math.isfinite(mi):
+            row[2] += 1
+            row[3] += mi
+        if ta is not None and math.isfinite(ta):
+            row[4] += 1
+            row[5] += ta
+
+    def summary(self) -> dict[str, dict]:
+        return {s: {"clips": c, "failed": f, "mi_n": mn, "mi_mean": ms / mn if mn else None,
+                    "ta_n": tn, "ta_mean": ts / tn if tn else None}
+                for s, (c, f, mn, ms, tn, ts) in self._rows.items()}
