@@ -179,8 +179,15 @@ def _roberta_from_files(folder: Path):
     tok = Tokenizer(bpe)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    missing = [t for t in ("<s>", "</s>") if tok.token_to_id(t) is None]
+    if missing:
+        raise DeramosError(f"RoBERTa vocabulary {folder / 'vocab.json'} lacks the special token(s) {', '.join(missing)}")
+    # Specials already in the vocabulary: registering them keeps a literal "</s>" in a prompt one token
+    # (as transformers does) without changing the vocabulary size.
+    tok.add_special_tokens([t for t in ("<s>", "</s>", "<pad>", "<unk>", "<mask>") if tok.token_to_id(t) is not None])
+    # tokenizers 0.23 takes sep and cls positionally only (the keyword form raises TypeError).
     tok.post_processor = processors.RobertaProcessing(
-        sep=("</s>", tok.token_to_id("</s>")), cls=("<s>", tok.token_to_id("<s>")), trim_offsets=True
+        ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")), trim_offsets=True, add_prefix_space=False
     )
     return tok
 

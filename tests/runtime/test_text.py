@@ -48,3 +48,56 @@ def test_real_bert_tokenizer_from_tokenizer_json_and_from_vocab_txt_agree(tmp_pa
     prompts = ["A calm Piano piece, slow tempo.", "Energetic drum'n'bass with heavy sub-bass"]
     assert (from_json(prompts).input_ids == from_vocab(prompts).input_ids).all()
     assert from_json(prompts).input_ids[0, 0] == 101  # [CLS]
+
+
+def _train_byte_level_bpe(folder: Path, corpus: list[str], vocab_size: int = 3000) -> None:
+    """A real-sized byte-level BPE in RoBERTa's file layout (vocab.json + merges.txt), trained offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    tok.model.save(str(folder))
+
+
+def _prompt_corpus(n: int, seed: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    words = ("calm energetic melancholic upbeat dreamy aggressive piano guitar violins synthesizer drums bass "
+             "orchestral cinematic lo-fi hip-hop jazz rock electronic ambient folk classical with a an the "
+             "slow fast tempo BPM 120 minor major key female male vocals choir reverb distorted acoustic "
+             "Café naïve — soundtrack 'quoted' (brackets) 80s-style").split()
+    syllables = [c + v for c in "bcdfghklmnprstvwz" for v in ("a", "e", "i", "o", "u", "ou", "ai")]
+    # Made-up words give the trainer thousands of merges to learn, as a real corpus would.
+    words += ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))).capitalize() if i % 3 == 0 else
+              "".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for i in range(3000)]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(1, 25))) + rng.choice([".", "!", "", ","])
+            for _ in range(n)]
+
+
+def test_roberta_tokenizer_from_vocab_and_merges_matches_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "roberta"
+    folder.mkdir()
+    _train_byte_level_bpe(folder, _prompt_corpus(4000, 0))
+    vocab = json.loads((folder / "vocab.json").read_text())
+    assert len(vocab) > 2000 and len((folder / "merges.txt").read_text().splitlines()) > 1500
+    ours = load_tokenizer(folder, 128, expected_vocab_size=len(vocab))
+    # transformers 5 takes the vocabulary and merges as objects (vocab_file= is ignored there).
+    merges = [tuple(line.split()) for line in (folder / "merges.txt").read_text().splitlines()
+              if line and not line.startswith("#version")]
+    try:
+        ref = transformers.RobertaTokenizer(vocab=vocab, merges=merges)
+    except TypeError:  # transformers 4: file arguments
+        ref = transformers.RobertaTokenizer(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+    assert len(ref) == len(vocab) == ours.vocab_size  # not the 5-token offline fallback
+    prompts = _prompt_corpus(300, 1) + ["A calm piano piece.", "  leading spaces", "tabs\tand\nnewlines", "x </s> y"]
+    batch = ours(prompts)
+    for row, prompt in enumerate(prompts):
+        expected = ref(prompt, truncation=True, max_length=128)["input_ids"]
+        got = batch.input_ids[row, : int(batch.attention_mask[row].sum())].tolist()
+        assert got == expected, prompt
+    assert batch.input_ids[0, 0] == vocab["<s>"] and ours.pad_id == vocab["<pad>"]

@@ -1,0 +1,369 @@
+"""Turn a run directory into a bundle the runtime scores with, without torch.
+
+``python -m export.build_engine --run RUN_DIR --out BUNDLE_DIR [--precision fp32,int8,fp16]
+[--tensorrt auto|require|off] [--opt-batch 16 --max-batch 64] [--aoti]``
+
+Steps: rebuild the model from the run; export the three graphs of ``training/split.py`` (fp32, simplified
+with onnxslim where that keeps the outputs); derive int8 (CPU) and fp16 (GPU) variants; save the
+tokenizer; write the manifest; run the parity gate (every variant against the torch model, end to end
+from audio files); drop any variant that misses its limit; optionally build TensorRT engines and
+AOTInductor packages. Everything is written into a temporary folder beside ``--out`` and renamed into
+place at the end, so ``--out`` never holds a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from deramos_rt.bundle import GRAPHS, PRECISIONS, is_bundle, load_bundle, write_manifest
+from deramos_rt.errors import DeramosError
+from deramos_rt.report import run_cli, setup_logging, step
+
+log = logging.getLogger("deramos.export")
+TENSORRT_MODES = ("auto", "require", "off")
+VARIANT_DEVICE = {"fp32": "any", "int8": "cpu", "fp16": "cuda"}
+
+
+@dataclasses.dataclass
+class BuildOptions:
+    """What to build besides the fp32 graphs.
+
+    Attributes:
+        precisions: variants to keep (fp32 is always built: the others derive from it and are gated against torch).
+        tensorrt: ``auto`` (engines when TensorRT and a GPU are present), ``require`` or ``off``.
+        opt_batch, max_batch: the batch profile recorded for TensorRT (min 1).
+        aoti: also package the parts with AOTInductor.
+        parity_files, parity_random: generated audio files / random signals for the parity gate.
+        slim: simplify graphs with onnxslim (kept only where outputs are unchanged).
+        int8_min_bytes: encoders with fewer weight bytes stay fp32 in the int8 variant.
+    """
+
+    precisions: tuple[str, ...] = ("fp32",)
+    tensorrt: str = "off"
+    opt_batch: int = 16
+    max_batch: int = 64
+    aoti: bool = False
+    parity_files: int = 8
+    parity_random: int = 24
+    slim: bool = True
+    int8_min_bytes: int = 16_000_000
+
+
+def parse_precisions(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"fp32,int8"`` -> ("fp32", "int8"); an unknown name is an error."""
+    names = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
+    unknown = [p for p in names if p not in PRECISIONS]
+    if unknown or not names:
+        raise DeramosError(f"unknown precision {', '.join(unknown) or '(none)'}; choose from: {', '.join(PRECISIONS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def build_bundle(run_dir: str | Path, out_dir: str | Path, precisions: Sequence[str] = ("fp32",),
+                 **options: Any) -> Path:
+    """Build a bundle from a run directory (the function tests and setup call).
+
+    Args:
+        run_dir: a training run directory (``config.json`` + ``model.safetensors``).
+        out_dir: the bundle folder to create (replaced when it already holds a bundle).
+        precisions: variants to keep, e.g. ("fp32", "int8").
+        **options: further :class:`BuildOptions` fields.
+
+    Returns:
+        The bundle folder.
+
+    Raises:
+        DeramosError: bad input, or no asked-for variant passed the parity gate.
+    """
+    opts = BuildOptions(precisions=parse_precisions(precisions), **options)
+    _check_options(opts)
+    if opts.aoti:
+        raise DeramosError("--aoti: AOTInductor packaging is not part of this build yet; build without --aoti")
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    _check_out(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    try:
+        _build_into(run_dir, work, opts)
+        _replace(work, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out_dir
+
+
+def _check_options(opts: BuildOptions) -> None:
+    if opts.tensorrt not in TENSORRT_MODES:
+        raise DeramosError(f"--tensorrt must be one of {', '.join(TENSORRT_MODES)}, got {opts.tensorrt!r}")
+    if not 1 <= opts.opt_batch <= opts.max_batch:
+        raise DeramosError(f"need 1 <= --opt-batch ({opts.opt_batch}) <= --max-batch ({opts.max_batch})")
+
+
+def _check_out(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not is_bundle(out_dir))):
+        raise DeramosError(f"--out {out_dir} exists and is not a bundle: choose an empty or new folder "
+                           "(an existing bundle there is replaced)")
+
+
+def _replace(work: Path, out_dir: Path) -> None:
+    """Move the finished bundle into place; an old bundle there is swapped out, then removed."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+    work.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_model(run_dir: Path):
+    """Rebuild the run's model (eval, CPU) and its tokenizer; every failure is one DeramosError."""
+    from training.checkpoint import CONFIG_FILE, load_run
+    from training.model import build_tokenizer
+
+    if not run_dir.is_dir():
+        raise DeramosError(f"--run {run_dir}: no such run directory")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise DeramosError(f"--run {run_dir} is not a run directory ({CONFIG_FILE} is missing)")
+    try:
+        model, run_config = load_run(run_dir)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise DeramosError(f"cannot rebuild the model of run {run_dir}: {exc}") from exc
+    return model, run_config, build_tokenizer(model)
+
+
+def _build_into(run_dir: Path, work: Path, opts: BuildOptions) -> None:
+    with step("load run") as info:
+        model, run_config, tokenizer = load_model(run_dir)
+        info["run"] = run_dir
+    with step("export fp32 graphs") as info:
+        variants = {"fp32": _export_fp32(model, work, opts)}
+        info["MB"] = _mb(work)
+    variants.update(_derive_variants(work, opts))
+    tokenizer.save(work / "tokenizer.json")
+    provenance = run_dir / "provenance.json"
+    if provenance.is_file():
+        shutil.copy2(provenance, work / "provenance.json")
+    manifest = _manifest(model, run_config, run_dir, work, tokenizer, variants, opts)
+    write_manifest(work, manifest)
+    with step("parity gate") as info:
+        parity = _parity(model, tokenizer, work, opts)
+        info["kept"] = ",".join(v for v in manifest["variants"] if parity["variants"][v]["kept"])
+    _apply_parity(work, manifest, parity, opts)
+    with step("tensorrt engines") as info:
+        manifest["tensorrt"] = _tensorrt(work, manifest, opts)
+        info["engines"] = len(manifest["tensorrt"]) * len(GRAPHS)
+    (work / "parity.json").write_text(json.dumps(parity, indent=1) + "\n")
+    write_manifest(work, manifest)
+
+
+def _export_fp32(model, work: Path, opts: BuildOptions) -> dict[str, Any]:
+    from export import graphs
+
+    paths = graphs.export_parts(model, work, suffix="fp32")
+    slimmed = {}
+    for graph, path in paths.items():
+        slimmed[graph] = bool(opts.slim) and graphs.slim(path, _same_outputs_check(path))
+    return {"files": {g: p.name for g, p in paths.items()}, "device": VARIANT_DEVICE["fp32"],
+            "opset": graphs.OPSET, "slimmed": slimmed}
+
+
+def _same_outputs_check(reference: Path, tolerance: float = 1e-5):
+    """A check for graphs.slim: the candidate's outputs equal the reference's on random inputs of batch 3."""
+    def check(candidate: Path) -> str | None:
+        import numpy as np
+        import onnxruntime as ort
+
+        ref = ort.InferenceSession(str(reference), providers=["CPUExecutionProvider"])
+        new = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
+        feed = random_feed(ref)
+        for name, a, b in zip([o.name for o in ref.get_outputs()], ref.run(None, feed), new.run(None, feed)):
+            scale = max(1.0, float(np.abs(a).max()))
+            if a.shape != b.shape or float(np.abs(a - b).max()) > tolerance * scale:
+                return f"output {name} differs"
+        return None
+    return check
+
+
+def random_feed(session, batch: int = 3, tokens: int = 5, seed: int = 0) -> dict:
+    """Seeded random inputs for an ORT session: symbolic ``batch`` / ``tokens`` axes get the sizes given."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for spec in session.get_inputs():
+        shape = [batch if d == "batch" else tokens if d == "tokens" else d for d in spec.shape]
+        if "int64" in spec.type:
+            feed[spec.name] = np.ones(shape, np.int64) if "mask" in spec.name else rng.integers(5, 100, shape)
+        else:
+            feed[spec.name] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
+    return feed
+
+
+def _derive_variants(work: Path, opts: BuildOptions) -> dict[str, dict[str, Any]]:
+    variants = {}
+    for precision in opts.precisions:
+        if precision == "fp32":
+            continue
+        from export import quantize
+
+        with step(f"convert to {precision}") as info:
+            files = {}
+            for g in GRAPHS:
+                src, dst = work / f"{g}.fp32.onnx", work / f"{g}.{precision}.onnx"
+                made = quantize.to_int8(src, dst, keep_first=g == "audio", min_bytes=opts.int8_min_bytes) \
+                    if precision == "int8" else \
+                    quantize.to_fp16(src, dst)
+                files[g] = made.name
+            info["MB"] = _mb(work)
+        variants[precision] = {"files": files, "device": VARIANT_DEVICE[precision], "opset": None,
+                               "recipe": quantize.RECIPES[precision]}
+    return variants
+
+
+def _manifest(model, run_config, run_dir: Path, work: Path, tokenizer, variants, opts: BuildOptions) -> dict:
+    from export import graphs
+
+    config = model.config
+    protocol = model.audio_protocol
+    for entry in variants.values():
+        entry["opset"] = entry["opset"] or graphs.OPSET
+        entry["files_all"] = sorted({p.name for g in GRAPHS for p in graphs.graph_files(work / entry["files"][g])})
+    bins = None
+    if config.head == "distribution":
+        import numpy as np
+
+        bins = [float(b) for b in np.linspace(config.bin_min, config.bin_max, config.num_bins)]
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"head": config.head, "bins": bins,
+                  "backbones": {k: {"name": getattr(config, k).name, "options": getattr(config, k).options}
+                                for k in ("audio", "text")},
+                  "config": dataclasses.asdict(config)},
+        "audio": {"sample_rate": protocol.sample_rate, "clip_seconds": protocol.clip_seconds,
+                  "resampler": getattr(config, "resampler", "soxr"), "num_samples": protocol.num_samples},
+        "text": {"tokenizer": "tokenizer.json", "max_tokens": tokenizer.max_tokens,
+                 "vocab_size": tokenizer.vocab_size, "pad_id": tokenizer.pad_id},
+        "graphs": {g: graphs.graph_spec(work / variants["fp32"]["files"][g]) for g in GRAPHS},
+        "variants": variants,
+        "profile": {"batch": [1, opts.opt_batch, opts.max_batch],
+                    "tokens": [1, min(32, tokenizer.max_tokens), tokenizer.max_tokens]},
+        "tensorrt": [],
+        "aoti": None,
+        "versions": _versions(),
+        "source": _source(run_dir, work),
+    }
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("deramos_rt", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxslim", "transformers",
+                 "tokenizers", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _source(run_dir: Path, work: Path) -> dict[str, Any]:
+    config = run_dir / "config.json"
+    return {"run": str(run_dir.resolve()),
+            "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
+            "provenance": "provenance.json" if (work / "provenance.json").is_file() else None}
+
+
+def _parity(model, tokenizer, work: Path, opts: BuildOptions) -> dict[str, Any]:
+    from export import parity
+
+    return parity.run_gate(model, tokenizer, work, opts.precisions, opts.parity_files, opts.parity_random)
+
+
+def _apply_parity(work: Path, manifest: dict, parity: dict, opts: BuildOptions) -> None:
+    """Drop the variants that missed their limits; an all-failed request is an error."""
+    for precision in list(manifest["variants"]):
+        result = parity["variants"][precision]
+        entry = manifest["variants"][precision]
+        entry["parity"] = {k: result[k] for k in ("status", "mi_max_abs", "ta_max_abs", "mi_srcc", "ta_srcc")
+                           if k in result}
+        if result["kept"]:
+            continue
+        log.warning("dropping the %s variant: %s", precision, result["status"])
+        del manifest["variants"][precision]
+        shared = {f for v in manifest["variants"].values() for f in v["files_all"]}
+        for name in entry["files_all"]:
+            if name not in shared:  # the int8 variant shares the fp32 TA graph
+                (work / name).unlink(missing_ok=True)
+    kept_asked = [p for p in opts.precisions if p in manifest["variants"]]
+    if not kept_asked:
+        reasons = "; ".join(f"{p}: {parity['variants'][p]['status']}" for p in opts.precisions)
+        raise DeramosError(f"no asked-for precision passed the parity gate ({reasons})")
+
+
+def _tensorrt(work: Path, manifest: dict, opts: BuildOptions) -> list[dict]:
+    """Engines (fp16 when asked, else fp32) checked against ONNX Runtime; [] when skipped."""
+    from export import tensorrt
+
+    precision = "fp16" if "fp16" in opts.precisions else "fp32"
+    entries = tensorrt.build_engines(work, manifest, opts.tensorrt, (precision,))
+    if entries:
+        write_manifest(work, manifest | {"tensorrt": entries})
+        bundle = load_bundle(work)
+        import onnxruntime as ort
+
+        feeds = {}
+        for graph in GRAPHS:
+            session = ort.InferenceSession(str(bundle.graph_path("fp32", graph)), providers=["CPUExecutionProvider"])
+            feeds[graph] = random_feed(session, batch=min(3, opts.max_batch))
+        entries[0]["check_max_abs"] = tensorrt.check_engines(bundle, precision, feeds)
+    return entries
+
+
+def _mb(path: Path) -> str:
+    return f"{sum(p.stat().st_size for p in path.rglob('*') if p.is_file()) / 1e6:.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.build_engine", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, type=Path, help="training run directory")
+    parser.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    parser.add_argument("--precision", default="fp32,int8", help="comma list of fp32, int8, fp16 (default fp32,int8)")
+    parser.add_argument("--tensorrt", default="auto", help="auto | require | off (default auto)")
+    parser.add_argument("--opt-batch", type=int, default=16)
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--aoti", action="store_true", help="also build AOTInductor packages")
+    parser.add_argument("--no-slim", action="store_true", help="do not simplify graphs with onnxslim")
+    parser.add_argument("--parity-files", type=int, default=8, help="generated audio files in the parity gate")
+    parser.add_argument("--parity-random", type=int, default=24, help="random signals in the parity gate")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body() -> int:
+        start = time.perf_counter()
+        out = build_bundle(args.run, args.out, parse_precisions(args.precision), tensorrt=args.tensorrt,
+                           opt_batch=args.opt_batch, max_batch=args.max_batch, aoti=args.aoti,
+                           slim=not args.no_slim, parity_files=args.parity_files, parity_random=args.parity_random)
+        bundle = load_bundle(out)
+        log.info("bundle %s: variants %s, %s MB, built in %.1f s (manifest sha256 %s)", out,
+                 ",".join(bundle.variants), _mb(out), time.perf_counter() - start, bundle.sha256[:16])
+        return 0
+
+    return run_cli("export.build_engine", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
