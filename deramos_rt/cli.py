@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--overwrite", action="store_true", help="discard existing output")
     score.add_argument("--probs", action="store_true", help="also write the MI / TA distributions")
     score.add_argument("--report", metavar="DIR", help="write a comparison report (deramos-rt compare) here")
+    score.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                       help="score on Ray Data (pip install 'deramos_rt[ray]'); --out is then a folder. ADDRESS: a "
+                            "Ray cluster (auto, HOST:6379, ray://HOST:10001); none: a local Ray instance")
+    score.add_argument("--actors", type=int, default=2, help="with --ray: Scorer actors (each loads the model once)")
+    score.add_argument("--gpus-per-actor", type=float, default=0.0, help="with --ray: GPUs per actor (0: CPU actors)")
+    score.add_argument("--cpus-per-actor", type=float, default=1.0,
+                       help="with --ray: CPUs per actor (also its backend threads unless --threads)")
+    score.add_argument("--format", choices=["csv", "parquet"], default="csv", help="with --ray: per-clip file format")
     sub.add_parser("info", help="backends, providers, devices, versions and what is missing")
     if importlib.util.find_spec("deramos_rt.compare") is not None:
         from deramos_rt import compare
@@ -97,6 +105,8 @@ def score(args: argparse.Namespace) -> int:
     from deramos_rt import io
     from deramos_rt.scorer import Scorer
 
+    if args.ray is not None:
+        return score_ray(args)
     io.file_format(args.out, "output")
     requests, total, musiceval = _requests(args)
     log.info("versions: %s", versions())
@@ -144,6 +154,26 @@ def print_musiceval_metrics(out: Path, clips) -> dict:
             print(f"{dim.upper()} {level:9s} n={len(pred) if level == 'utterance' else len(set(systems)):4d} "
                   f"MSE {m['MSE']:.4f}  LCC {m['LCC']:.4f}  SRCC {m['SRCC']:.4f}  KTAU {m['KTAU']:.4f}")
     return results
+
+
+def score_ray(args: argparse.Namespace) -> int:
+    """``score --ray``: the manifest on Ray Data (see ``deramos_rt.distributed``); --out is a folder."""
+    from deramos_rt.distributed import score_dataset
+
+    if args.musiceval is not None or args.manifest is None:
+        raise DeramosError("--ray scores a MANIFEST, given before --ray (deramos-rt score MANIFEST --out DIR --ray "
+                           "[ADDRESS]); --musiceval is not supported with --ray")
+    with step("score on Ray") as info:
+        job = score_dataset(args.manifest, args.out, bundle=args.bundle, actors=args.actors,
+                            gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+                            address=args.ray or None, backend=args.backend, device=args.device,
+                            precision=args.precision, batch_size=args.batch_size, threads=args.threads,
+                            long_audio=args.long_audio, probs=args.probs, file_format=args.format,
+                            resume=args.resume, overwrite=args.overwrite, report=args.report)
+        info.update(clips=job.total - job.skipped, skipped=job.skipped, failed=job.failed,
+                    clips_per_s=f"{(job.total - job.skipped) / max(job.seconds, 1e-9):.1f}")
+    print(f"wrote {job.scores}/ and {job.summary}" + (f" and {job.report}" if job.report else ""))
+    return job.exit_code
 
 
 def _report(args: argparse.Namespace) -> None:

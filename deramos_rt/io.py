@@ -174,7 +174,7 @@ def result_record(result, provenance: dict, probs: bool) -> dict:
     return record
 
 
-def _complete_records(data: bytes, csv_format: bool) -> int:
+def complete_records(data: bytes, csv_format: bool) -> int:
     """Byte length of the leading complete records (a torn last line is cut off)."""
     end, start, quotes = 0, 0, 0
     while True:
@@ -279,7 +279,7 @@ class ScoreWriter:
 
     def _truncate_torn_tail(self) -> None:
         data = self.partial.read_bytes()
-        keep = _complete_records(data, self.format == ".csv")
+        keep = complete_records(data, self.format == ".csv")
         if keep < len(data):
             log.warning("resume: dropped a torn last line of %s (%d bytes)", self.partial, len(data) - keep)
             with self.partial.open("r+b") as f:

@@ -211,6 +211,10 @@ class Scorer:
 
         return score_manifest(self, manifest, out, resume=resume, probs=probs, overwrite=overwrite)
 
+    def score_prepared(self, prepared: Iterable) -> Iterator[ClipScore]:
+        """Score already-decoded clips (:class:`deramos_rt.pipeline.Prepared`), in order (Ray actors)."""
+        return self._score_prepared(prepared)
+
     # ---------------------------------------------------------------------------------------- batching
 
     def _score_prepared(self, stream: Iterable[Prepared]) -> Iterator[ClipScore]:
@@ -311,11 +315,7 @@ def _accumulate(total, value, weight: float):
 
 def prompt_truncated(tokenizer, prompts: list[str]) -> list[bool]:
     """Whether each prompt was cut at the tokenizer's limit (its encoding overflowed)."""
-    method = getattr(tokenizer, "truncated", None)
-    if callable(method):
-        return list(method(prompts))
-    # PromptTokenizer keeps its ``tokenizers.Tokenizer`` (truncation enabled) as ``_tok``.
-    return [bool(enc.overflowing) for enc in tokenizer._tok.encode_batch(list(prompts))]
+    return tokenizer.truncated(prompts)
 
 
 def system_scores(results: Iterable[ClipScore]) -> dict[str, dict]:

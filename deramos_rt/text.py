@@ -65,6 +65,10 @@ class PromptTokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    def truncated(self, prompts: list[str]) -> list[bool]:
+        """Whether each prompt was cut at ``max_tokens`` (its encoding overflowed)."""
+        return [bool(e.overflowing) for e in self._tok.encode_batch(list(prompts))]
+
     def save(self, path: str | Path) -> Path:
         """Write the tokenizer as one ``tokenizer.json`` (specials and truncation included)."""
         self._tok.save(str(path))
