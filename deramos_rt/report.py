@@ -50,7 +50,11 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
     try:
         code = body()
     except DeramosError as exc:
-        log.error("FAILED %s: %s (%.1f s)", prog, exc, time.perf_counter() - start)
+        message, elapsed = str(exc).rstrip("\n"), time.perf_counter() - start
+        if "\n" in message:  # a list of problems: the timing goes on the FAILED line, not after the last one
+            log.error("FAILED %s (%.1f s):\n%s", prog, elapsed, message)
+        else:
+            log.error("FAILED %s: %s (%.1f s)", prog, message, elapsed)
         return 2
     except KeyboardInterrupt:
         log.error("INTERRUPTED %s after %.1f s; finished work was kept", prog, time.perf_counter() - start)

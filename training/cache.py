@@ -4,7 +4,8 @@ Encoders are frozen, so a clip's encoder output never changes: with a cache each
 is encoded once, stored as ``.npy`` keyed by (content hash, encoder identity), and reused across epochs
 and runs. Training from the cache and training live feed the heads the same tensors, in the same order.
 
-Layout: ``CACHE/{audio,text}/<encoder id>/<content sha256>.npy``; audio entries are (T, D), text entries
+Default place: ``~/.cache/deramos_rt/features`` (:data:`DEFAULT_CACHE`); deleting that folder is always
+safe (entries are recomputed). Layout: ``CACHE/{audio,text}/<encoder id>/<content sha256>.npy``; audio entries are (T, D), text entries
 are the real tokens only (L_i, D) and are zero-padded per batch (padding never reaches a pooled vector).
 """
 
@@ -23,11 +24,17 @@ import torch
 from deramos_rt.audio import load_clip
 from training.data import Clip
 
+DEFAULT_CACHE = Path.home() / ".cache" / "deramos_rt" / "features"
+
 log = logging.getLogger(__name__)
 
 
 def encoder_identity(kind: str, model, extra: dict) -> str:
-    """A hash of what determines an encoder's outputs: its config, its weights and the input protocol."""
+    """A hash of what determines an encoder's outputs: its config, its weights and the input protocol.
+
+    For audio, ``extra`` holds the model's whole audio protocol, resampler included: a different
+    resampler gives the encoder different input samples, hence different features.
+    """
     cfg = getattr(model.config, kind)
     encoder = model.audio_encoder if kind == "audio" else model.text_encoder
     h = hashlib.sha256(json.dumps({"cfg": dataclasses.asdict(cfg), **extra}, sort_keys=True).encode())
@@ -62,7 +69,7 @@ class Features:
     def __init__(self, model, tokenizer, cache_dir: str | Path | None = None, encode_batch: int = 8):
         self.model = model
         self.tokenizer = tokenizer
-        self.protocol = model.audio_encoder.contract.protocol
+        self.protocol = model.audio_protocol  # rate, length and resampler: part of the audio cache key
         self.encode_batch = encode_batch
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._audio: dict[Path, np.ndarray] = {}

@@ -1,6 +1,6 @@
-"""Safe weight files: safetensors or ``torch.load(weights_only=True)``, strict key checking.
+"""Run directories: write and rebuild a trained model.
 
-A run directory holds ``config.json`` (a :class:`RunConfig`) and ``model.safetensors`` with the heads
+Reading weight files safely lives in :mod:`training.weights` (re-exported here). A run directory holds ``config.json`` (a :class:`RunConfig`) and ``model.safetensors`` with the heads
 (``heads.*``) plus the weights of any encoder whose config names no weights source (random-initialised
 test encoders), so that every run can be rebuilt from its directory alone.
 """
@@ -15,69 +15,17 @@ import torch
 from torch import nn
 
 from deramos_rt.errors import DeramosError
+from training.weights import (  # noqa: F401  (re-exported: older imports name this module)
+    load_safetensors_strict,
+    load_state_file,
+    load_strict,
+    torch_load_safe,
+    unwrap_state_dict,
+)
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-
-
-def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read tensors from ``.safetensors`` or a torch pickle, never executing pickled code.
-
-    Raises:
-        DeramosError: missing file, or a pickle that needs code to load.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DeramosError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DeramosError(
-            f"refusing to load {path}: it is not a plain tensor checkpoint and would need pickled code "
-            f"to load (torch.load weights_only=True failed: {str(exc).splitlines()[0]}). "
-            "Re-save it as a state dict or safetensors."
-        ) from exc
-    return unwrap_state_dict(obj, path)
-
-
-def unwrap_state_dict(obj, source: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
-    """Accept a flat state dict or one wrapped under ``state_dict`` / ``model_state_dict`` / ``model``."""
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise DeramosError(f"{source} does not contain a flat state dict of tensors")
-    return dict(obj)
-
-
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint",
-                ignore_missing: tuple[str, ...] = ()) -> None:
-    """``load_state_dict`` that names every missing, unexpected or mis-shaped key in one error."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state and not k.startswith(ignore_missing)]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in state if k in own and state[k].shape != own[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
-    if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected[:20])}{' ...' if len(unexpected) > 20 else ''}")
-    if shapes:
-        problems.append(f"wrong shapes: {'; '.join(shapes[:20])}")
-    if problems:
-        raise DeramosError(f"{source} does not fit {type(module).__name__}: " + " | ".join(problems))
-    module.load_state_dict(dict(state), strict=not ignore_missing)
-
-
-def load_safetensors_strict(module: nn.Module, path: str | Path) -> None:
-    load_strict(module, load_state_file(path), str(path))
 
 
 def save_run_model(model: nn.Module, run_dir: str | Path) -> Path:

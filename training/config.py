@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deramos_rt.audio import RESAMPLERS
 from deramos_rt.errors import DeramosError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+LOSS_KINDS = ("distribution", "pairwise", "l1", "pamr")
 
 
 @dataclass
@@ -55,6 +57,10 @@ class ModelConfig:
             (ASTAR-NTU: the MI transformer output).
         max_tokens: tokenizer truncation length.
         head: ``"distribution"`` (K-bin softmax, expected score) or ``"scalar"`` (regression baselines).
+        resampler: how clips are brought to the audio encoder's rate, part of the model's audio protocol:
+            ``"soxr"`` (soxr HQ; the default, and what a config without the field means) or
+            ``"torchaudio"`` (torchaudio's default ``Resample``, per channel, then the channel mean: the
+            authors' research data path, so models trained with it hear what they were trained on).
         audio_dim, text_dim: encoder widths; filled in when the model is built, recorded so the heads
             can be rebuilt without the encoders.
     """
@@ -77,6 +83,7 @@ class ModelConfig:
     ta_kv_source: str = "audio"
     max_tokens: int = 128
     head: str = "distribution"
+    resampler: str = "soxr"
     audio_dim: int | None = None
     text_dim: int | None = None
 
@@ -87,6 +94,8 @@ class ModelConfig:
             raise DeramosError(f"ta_pooling must be 'attentive' or 'mean', got {self.ta_pooling!r}")
         if self.ta_kv_source not in ("audio", "mi"):
             raise DeramosError(f"ta_kv_source must be 'audio' or 'mi', got {self.ta_kv_source!r}")
+        if self.resampler not in RESAMPLERS:
+            raise DeramosError(f"resampler must be one of {', '.join(RESAMPLERS)}, got {self.resampler!r}")
         if self.num_bins < 2 or not self.bin_min < self.bin_max:
             raise DeramosError("need num_bins >= 2 and bin_min < bin_max")
 
@@ -96,10 +105,13 @@ class LossConfig:
     """Which losses and with what weights.
 
     Attributes:
-        kind: ``"distribution"`` (CE-Gauss on 20-bin heads, the DeRA-MOS family), ``"l1"`` (AudioMOS
+        kind: ``"distribution"`` (CE-Gauss on 20-bin heads, the DeRA-MOS family), ``"pairwise"`` (the
+            authors' ranking ablation: as ``distribution`` with BALR replaced by a margin-0 pairwise
+            ranking loss on the expected MI scores, weighted by ``lambda_balr``), ``"l1"`` (AudioMOS
             baseline: L1 on the expected score), or ``"pamr"`` (QAMRO pairwise ranking + L1).
         sigma: CE-Gauss soft-label width.
-        lambda_balr, lambda_sama: weights of the ranking and alignment losses (0 disables).
+        lambda_balr, lambda_sama: weights of the ranking (BALR, or the pairwise loss for kind
+            ``"pairwise"``) and alignment losses (0 disables).
         temperature: BALR temperature.
         sama_map_cos_to_unit: map the cosine to [0, 1] before SAMA (third-party digest of the paper).
         pamr_gamma, pamr_margin: PAMR weight gamma and margin scale.
@@ -115,8 +127,8 @@ class LossConfig:
     pamr_margin: float = 0.2
 
     def validate(self) -> None:
-        if self.kind not in ("distribution", "l1", "pamr"):
-            raise DeramosError(f"loss kind must be one of distribution, l1, pamr; got {self.kind!r}")
+        if self.kind not in LOSS_KINDS:
+            raise DeramosError(f"loss kind must be one of {', '.join(LOSS_KINDS)}; got {self.kind!r}")
 
 
 @dataclass

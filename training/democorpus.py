@@ -1,6 +1,9 @@
 """A demo corpus of real rendered music with simulated text-to-music systems, in the MusicEval layout.
 
-``python -m training.democorpus --out DIR [--clips N] [--seed S] [--workers W]``
+``python -m training.democorpus --out DIR [--clips N] [--seed S] [--workers W] [--overwrite]``
+
+``--out`` must be a new or empty folder; ``--overwrite`` replaces a corpus already there (its ``wav/``,
+``sets/`` and prompt tables; nothing else in the folder is touched).
 
 No MusicEval audio can be downloaded here, so this renders its own: scores from music21's bundled corpus
 are given a General MIDI instrument and a tempo and rendered offline by fluidsynth (Debian
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -365,6 +369,30 @@ def write_layout(out: Path, rows: list[tuple], rng: np.random.Generator) -> None
         (out / "sets" / f"{split}_mos_list.txt").write_text("\n".join(lines) + "\n")
 
 
+CORPUS_ENTRIES = ("wav", "sets", "prompt_info.txt", "demo_prompt_info.txt")
+
+
+def clear_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``--out`` unless ``overwrite``; then remove only the corpus parts this tool writes.
+
+    Raises:
+        DeramosError: ``out`` is a file, or a non-empty folder without ``overwrite``.
+    """
+    if out.is_file():
+        raise DeramosError(f"--out {out} is a file; name a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise DeramosError(f"--out {out} already exists and is not empty; pass --overwrite to replace the corpus "
+                           "in it, or choose a new folder")
+    for name in CORPUS_ENTRIES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def summary(out: Path) -> str:
     from training.data import read_splits
 
@@ -387,9 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--overwrite", action="store_true", help="replace a corpus already in --out")
     args = p.parse_args(argv)
 
     def body() -> int:
+        clear_out(Path(args.out), args.overwrite)
         with step("render demo corpus", log) as info:
             info["soundfont"] = find_soundfont()
             make_demo_corpus(args.out, args.clips, args.seed, args.seconds, args.workers)

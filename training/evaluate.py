@@ -1,8 +1,11 @@
 """Score a split with a trained run and report AudioMOS-style metrics.
 
-``python -m training.evaluate --data DIR --run RUN_DIR --split test`` prints utterance- and
-system-level MSE / LCC / SRCC / KTAU for MI and TA, and writes ``RUN_DIR/eval_<split>.json`` and the
-per-clip predictions ``RUN_DIR/predictions_<split>.csv``.
+``python -m training.evaluate --data DIR --run RUN_DIR --split test [--out FOLDER]`` prints utterance-
+and system-level MSE / LCC / SRCC / KTAU for MI and TA, and writes ``eval_<split>.json`` and the per-clip
+predictions ``predictions_<split>.csv`` into ``--out`` (default: a new folder ``eval-<run name>-<split>``
+under the current directory; never into the run or model folder), then prints where they are. Existing
+results there are not replaced without ``--overwrite``. Clips are prepared with the run's audio protocol
+(its encoder's rate and clip length and its config's resampler).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deramos_rt.errors import DeramosError
 from deramos_rt.report import run_cli, setup_logging, step
 from training.data import Clip, Corpus
 
@@ -68,7 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split", default="test", choices=["train", "dev", "test"])
     p.add_argument("--batch-size", type=int, default=24)
     p.add_argument("--cache-dir", default=None, help="encoder-output cache (default: none, encode live)")
-    p.add_argument("--out", default=None, help="metrics JSON path (default RUN_DIR/eval_<split>.json)")
+    p.add_argument("--out", default=None, help="folder for eval_<split>.json and predictions_<split>.csv "
+                   "(default: ./eval-<run name>-<split>/)")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     p.add_argument("--device", default="cpu")
     return p.parse_args(argv)
 
@@ -79,6 +85,9 @@ def evaluate(args: argparse.Namespace) -> int:
     from training.model import build_tokenizer
 
     run_dir = Path(args.run)
+    out_dir = output_dir(args.out, run_dir, args.split)
+    files = (out_dir / f"eval_{args.split}.json", out_dir / f"predictions_{args.split}.csv")
+    check_outputs(files, args.overwrite)
     with step("load run", log) as info:
         model, run_config = load_run(run_dir, device=args.device)
         info["backbones"] = f"{run_config.model.audio.name}+{run_config.model.text.name}"
@@ -90,12 +99,35 @@ def evaluate(args: argparse.Namespace) -> int:
         pred = predict(model, features, clips, args.batch_size)
         metrics = split_metrics(pred, clips)
         info["clips"] = len(clips)
-    out = Path(args.out) if args.out else run_dir / f"eval_{args.split}.json"
-    write_json(out, {"split": args.split, "data": str(args.data), "clips": len(clips), **metrics})
-    write_predictions(out.with_name(f"predictions_{args.split}.csv"), pred, clips)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(files[0], {"split": args.split, "data": str(args.data), "run": str(run_dir), "clips": len(clips),
+                          "resampler": run_config.model.resampler, **metrics})
+    write_predictions(files[1], pred, clips)
     print(format_metrics(metrics))
-    log.info("wrote %s and %s", out, out.with_name(f"predictions_{args.split}.csv"))
+    print(f"wrote {files[0]} and {files[1]}")
     return 0
+
+
+def output_dir(out: str | None, run_dir: Path, split: str) -> Path:
+    """Where results go: ``--out`` (a folder), else ``./eval-<run name>-<split>``.
+
+    Raises:
+        DeramosError: ``--out`` is an existing file or looks like a file name (``.json``/``.csv``).
+    """
+    if out is None:
+        name = run_dir.resolve().name or "run"
+        return Path.cwd() / f"eval-{name}-{split}"
+    path = Path(out)
+    if path.is_file() or path.suffix.lower() in (".json", ".csv"):
+        raise DeramosError(f"--out {out} must be a folder: it receives eval_{split}.json and predictions_{split}.csv")
+    return path
+
+
+def check_outputs(files: tuple[Path, ...], overwrite: bool) -> None:
+    """Refuse to replace earlier results unless asked to."""
+    existing = [str(f) for f in files if f.exists()]
+    if existing and not overwrite:
+        raise DeramosError(f"would replace {', '.join(existing)}; pass --overwrite or choose another --out")
 
 
 def main(argv: list[str] | None = None) -> int:

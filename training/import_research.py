@@ -6,7 +6,10 @@
 The checkpoint is read with ``torch.load(weights_only=True)`` (pickled code is refused). Encoder weights
 come from the checkpoint (``muq.model.*``, ``roberta.*``, written to ``RUN_DIR/encoders/``) or, when it has
 none, from the named local folders. The run directory then serves evaluation, export and the runtime
-unchanged; ``RUN_DIR/provenance.json`` records where it came from.
+unchanged; ``RUN_DIR/provenance.json`` records where it came from. The imported model prepares clips with
+the ``"torchaudio"`` resampler, as the authors' data path does. A file that is not a torch checkpoint
+(e.g. text) or is truncated is refused with one line naming it; ``--out`` must be a new or empty folder,
+and a failed import removes what it wrote.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import shutil
 from pathlib import Path
 
 from deramos_rt.errors import DeramosError
@@ -69,6 +73,19 @@ def save_encoders(model, run_dir: Path, args) -> None:
 def import_checkpoint(args: argparse.Namespace) -> int:
     source = Path(args.checkpoint)
     run_dir = Path(args.out)
+    if run_dir.is_file() or (run_dir.is_dir() and any(run_dir.iterdir())):
+        raise DeramosError(f"--out {run_dir} already exists and is not an empty folder; choose a new folder")
+    created = not run_dir.exists()
+    try:
+        return write_import(source, run_dir, args)
+    except BaseException:
+        if created and run_dir.exists():
+            shutil.rmtree(run_dir)  # only what this command created
+        raise
+
+
+def write_import(source: Path, run_dir: Path, args: argparse.Namespace) -> int:
+    """Read, map and write the run directory (see the module docstring)."""
     with step("read checkpoint", log) as info:
         state = load_state_file(source)
         groups = split_state(state)
@@ -86,6 +103,7 @@ def import_checkpoint(args: argparse.Namespace) -> int:
             "source": str(source.resolve()), "sha256": file_sha256(source), "variant": args.variant,
             "imported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "positional_encoding": model.config.positional_encoding, "ta_pooling": model.config.ta_pooling,
+            "resampler": model.config.resampler,
             "tensors": {name: len(t) for name, t in groups.items()}})
         info["run"] = run_dir
     for name, tensors in groups.items():

@@ -1,4 +1,5 @@
-"""DeRA-MOS training losses and the baselines it is compared with (deramos-spec.md, "Losses").
+"""DeRA-MOS training losses (CE-Gauss, BALR, SAMA) and the baselines and ablations it is compared with
+(L1, QAMRO's PAMR, the authors' pairwise ranking loss).
 
 Notation: a mini-batch of B clips with MOS y in [1, 5]; a distribution head gives p (B, K) over K bins with
 centres c_k and the expected score y_hat = sum_k p_k c_k. Every loss returns a 0-dim tensor; ``total_loss``
@@ -146,13 +147,38 @@ def pamr(pred: torch.Tensor, target: torch.Tensor, gamma: float = 7.0, margin_sc
     return (weight * hinge)[pairs].mean()
 
 
+def pairwise_ranking(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The authors' pairwise ranking ablation: a margin ranking loss with margin 0 over the batch.
+
+    Over every ordered pair (i, j), i != j, with y_i != y_j: l_ij = max(0, -sign(y_i - y_j)(y_hat_i - y_hat_j));
+    L = mean of l_ij over those pairs (torch's ``MarginRankingLoss`` with mean reduction and target
+    sign(y_i - y_j)). Tied pairs are excluded; with none left (all labels equal, or B <= 1) L is exactly 0.
+
+    Args:
+        pred: (B,) predicted expected scores y_hat (the MI head's, in the ablation).
+        target: (B,) MOS labels (detached).
+
+    Returns:
+        0-dim tensor.
+    """
+    y = target.detach().to(pred)
+    sign = torch.sign(y.unsqueeze(1) - y.unsqueeze(0))
+    pairs = sign != 0
+    if not bool(pairs.any()):
+        return pred.sum() * 0.0
+    diff_pred = pred.unsqueeze(1) - pred.unsqueeze(0)
+    return F.relu(-sign * diff_pred)[pairs].mean()
+
+
 def _distribution_parts(outputs, target_mi, target_ta, cfg: LossConfig, bin_centers) -> dict[str, torch.Tensor]:
     if "mi_probs" not in outputs or "ta_probs" not in outputs:
-        raise DeramosError("loss kind 'distribution' needs distribution heads (model.head = 'distribution'); "
+        raise DeramosError(f"loss kind {cfg.kind!r} needs distribution heads (model.head = 'distribution'); "
                            "use loss kind 'l1' or 'pamr' for scalar heads")
     parts = {"ce_mi": ce_gauss(outputs["mi_probs"], target_mi, cfg.sigma, bin_centers),
              "ce_ta": ce_gauss(outputs["ta_probs"], target_ta, cfg.sigma, bin_centers)}
-    if cfg.lambda_balr:
+    if cfg.lambda_balr and cfg.kind == "pairwise":
+        parts["pairwise"] = cfg.lambda_balr * pairwise_ranking(outputs["mi"], target_mi)
+    elif cfg.lambda_balr:
         parts["balr"] = cfg.lambda_balr * balr(outputs["mi"], target_mi, cfg.temperature)
     if cfg.lambda_sama:
         if "audio_vec" not in outputs or "text_vec" not in outputs:
@@ -169,6 +195,8 @@ def total_loss(outputs: dict[str, torch.Tensor], target_mi: torch.Tensor, target
 
     * ``distribution``: CE-Gauss(MI) + CE-Gauss(TA) + lambda_r BALR(y_hat_MI, y_MI) + lambda_a SAMA(TA);
       a term whose lambda is 0 is skipped (and SAMA then needs no alignment vectors).
+    * ``pairwise``: the same with BALR replaced by ``lambda_balr * pairwise_ranking(y_hat_MI, y_MI)`` (the
+      authors' ranking ablation).
     * ``l1``: L1(MI) + L1(TA) on the expected/scalar scores.
     * ``pamr``: L1(MI) + PAMR(MI) + L1(TA) + PAMR(TA). QAMRO adds its ranking loss to a regression loss
       (here L1, unweighted), since PAMR alone only fixes the order and leaves the MOS scale free.
@@ -180,12 +208,12 @@ def total_loss(outputs: dict[str, torch.Tensor], target_mi: torch.Tensor, target
         bin_centers: (K,) the heads' bin centres (``model.heads.bin_centers``).
 
     Returns:
-        (loss, parts): parts maps ``ce_mi``, ``ce_ta``, ``balr``, ``sama``, ``l1_mi``, ``l1_ta``, ``pamr_mi``,
-        ``pamr_ta`` (those present; BALR and SAMA already multiplied by their lambda, so the parts add up to
-        the total) and ``total`` to floats.
+        (loss, parts): parts maps ``ce_mi``, ``ce_ta``, ``balr``, ``pairwise``, ``sama``, ``l1_mi``, ``l1_ta``,
+        ``pamr_mi``, ``pamr_ta`` (those present; the ranking and SAMA terms already multiplied by their
+        lambda, so the parts add up to the total) and ``total`` to floats.
     """
     cfg.validate()
-    if cfg.kind == "distribution":
+    if cfg.kind in ("distribution", "pairwise"):
         parts = _distribution_parts(outputs, target_mi, target_ta, cfg, bin_centers)
     else:
         parts = {"l1_mi": l1(outputs["mi"], target_mi), "l1_ta": l1(outputs["ta"], target_ta)}

@@ -4,12 +4,17 @@ Construction only; losses live in ``losses.py``, training in ``train.py``.
 
 The heads (:class:`DeraMosHeads`) run on encoder outputs, so they can be trained from cached features,
 exported to ONNX on their own, and shared by imported research checkpoints. Differences from the
-authors' research code, on purpose (see ``deramos-spec.md``):
+authors' research code, on purpose:
 
-* The TA attentive pooling masks the padding (the research code masks the real tokens instead), so a
+* The TA attentive pooling masks the padding. The research code passes it an inverted mask (it pools
+  over the padding tokens), so there a clip's TA score depends on which prompts share its batch; here a
   clip's scores never depend on its batch mates.
-* The positional encoding is added at every batch size (the research code adds it only at batch 1);
-  ``positional_encoding=False`` reproduces how research checkpoints were trained.
+* The positional encoding is added at every batch size. In the research code the table's shape makes
+  the addition fire only at batch size 1 (its evaluation setting), so its checkpoints were trained
+  without it; ``positional_encoding=False`` reproduces how they were trained.
+
+The audio a model hears is fixed by :func:`audio_protocol`: the audio encoder's rate and clip length plus
+the config's resampler. Every place that prepares clips for a model uses it.
 """
 
 from __future__ import annotations
@@ -21,8 +26,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deramos_rt.audio import AudioProtocol
 from deramos_rt.errors import DeramosError
 from training.config import BackboneConfig, ModelConfig
+
+
+def audio_protocol(config: ModelConfig, contract) -> AudioProtocol:
+    """The audio protocol of a model: its audio encoder's rate and clip length + the config's resampler.
+
+    Args:
+        config: the model config (``resampler``).
+        contract: the audio backbone's :class:`training.backbones.base.AudioContract`.
+
+    Returns:
+        The :class:`deramos_rt.audio.AudioProtocol` every clip for this model is prepared with.
+    """
+    return AudioProtocol(contract.sample_rate, contract.clip_seconds, config.resampler)
 
 
 def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
@@ -158,6 +177,13 @@ class DeraMos(nn.Module):
         self.audio_encoder = audio_encoder
         self.text_encoder = text_encoder
         self.heads = DeraMosHeads(config)
+
+    @property
+    def audio_protocol(self) -> AudioProtocol:
+        """How clips are prepared for this model (see :func:`audio_protocol`)."""
+        if self.audio_encoder is None:
+            raise DeramosError("this model has no audio encoder (heads only), so it has no audio protocol")
+        return audio_protocol(self.config, self.audio_encoder.contract)
 
     def train(self, mode: bool = True) -> "DeraMos":
         super().train(mode)

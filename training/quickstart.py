@@ -2,7 +2,9 @@
 
 ``python -m training.quickstart [--model RUN_DIR] [--out DIR] [--clips N]``
 
-It renders ``N`` clips of real music (music21 scores through fluidsynth) with simulated system defects,
+Without ``--out`` everything is written to a temporary folder that is removed at the end (nothing lands
+in the checkout or the current directory); with ``--out DIR`` (a new or empty folder) the rendered corpus,
+``metrics.json`` and ``predictions.csv`` are kept there. It renders ``N`` clips of real music (music21 scores through fluidsynth) with simulated system defects,
 never seen in training (a different seed), scores every clip for MI and TA with the model, and prints
 utterance- and system-level agreement with the simulated listeners plus the best and worst clips.
 The default model is trained on a synthetic corpus: its scores are not calibrated to human MOS.
@@ -12,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from deramos_rt.errors import DeramosError
 from deramos_rt.report import run_cli, setup_logging, step
 
 log = logging.getLogger("deramos.quickstart")
@@ -26,13 +30,25 @@ QUICKSTART_SEED = 20261124  # not the training corpus seed: these clips are new 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.quickstart", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="run directory (default: the built-in model)")
-    p.add_argument("--out", default="quickstart", help="folder for the rendered corpus and the predictions")
+    p.add_argument("--out", default=None, help="new or empty folder to keep the rendered corpus and the predictions "
+                   "in (default: a temporary folder, removed at the end)")
     p.add_argument("--clips", type=int, default=60)
     p.add_argument("--seed", type=int, default=QUICKSTART_SEED)
     return p.parse_args(argv)
 
 
 def quickstart(args: argparse.Namespace) -> int:
+    if args.out is None:
+        with tempfile.TemporaryDirectory(prefix="deramos-quickstart-") as tmp:
+            return run_quickstart(args, Path(tmp), keep=False)
+    out = Path(args.out)
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        raise DeramosError(f"--out {out} already exists and is not an empty folder; choose a new folder")
+    return run_quickstart(args, out, keep=True)
+
+
+def run_quickstart(args: argparse.Namespace, out: Path, keep: bool) -> int:
+    """Render, score and report into ``out``; ``keep`` says whether ``out`` outlives the command."""
     from training.cache import Features
     from training.checkpoint import load_run, write_json
     from training.data import SPLITS, Corpus
@@ -40,7 +56,6 @@ def quickstart(args: argparse.Namespace) -> int:
     from training.evaluate import format_metrics, predict, split_metrics, write_predictions
     from training.model import build_tokenizer
 
-    out = Path(args.out)
     with step("load model", log) as info:
         model, run_config = load_run(args.model)
         info.update(model=args.model, encoders=f"{run_config.model.audio.name}+{run_config.model.text.name}")
@@ -61,7 +76,10 @@ def quickstart(args: argparse.Namespace) -> int:
         for i in idx:
             print(f"{label:11} MI {pred['mi'][i]:.2f} (true {clips[i].mi:.1f})  TA {pred['ta'][i]:.2f} "
                   f"(true {clips[i].ta:.1f})  {clips[i].wav_id}: {clips[i].prompt}")
-    log.info("wrote %s and %s", out / "metrics.json", out / "predictions.csv")
+    if keep:
+        print(f"wrote {out / 'metrics.json'}, {out / 'predictions.csv'} and the corpus {out / 'corpus'}")
+    else:
+        print("(rendered into a temporary folder, now removed; pass --out DIR to keep the clips and predictions)")
     return 0
 
 

@@ -2,11 +2,15 @@
 
 Their checkpoint is ``torch.save(model.state_dict())`` of ``MuQRoBERTaTransformerDistributionPredictor``: the
 frozen encoders (``muq.model.*``, ``roberta.*``), the buffers ``bin_centers`` and ``audio_pos_encoder.pe``,
-and the head tensors named in :data:`RENAMES`. Two behaviours of that code decide its outputs
-(deramos-spec.md, "What the authors' research code actually computes"):
+and the head tensors named in :data:`RENAMES`. Two behaviours of that code decide its outputs:
 
-* its positional encoding fires only at batch size 1 (the evaluation setting), so it was trained without it;
-* its TA pooling receives an inverted mask: at batch 1 it is a plain mean over every token of the prompt.
+* its positional encoding fires only at batch size 1 (the evaluation setting: the ``pe`` buffer's shape
+  (max_len, 1, d) only broadcasts over a batch of 1), so it was trained without it;
+* its TA pooling receives an inverted mask (it blanks the real tokens instead of the padding): at batch 1
+  it is a plain mean over every token of the prompt, ``<s>`` and ``</s>`` included.
+
+Its data path resamples with torchaudio's default ``Resample`` (per channel, then the channel mean), so
+imported models use the ``"torchaudio"`` resampler: they hear what they were trained on.
 
 The defaults (``positional_encoding=True``, ``ta_pooling="mean"``) therefore reproduce the authors' batch-1
 evaluation outputs exactly, for every clip and whatever its batch mates; ``positional_encoding=False``
@@ -18,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from deramos_rt.errors import DeramosError
-from training.checkpoint import load_strict, unwrap_state_dict
+from training.weights import load_strict, unwrap_state_dict
 from training.config import BackboneConfig, ModelConfig
 from training.model import DeraMos, sinusoidal_table
 
@@ -102,7 +106,7 @@ def infer_config(heads: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor
         mi_mlp=[shape("overall_mlp.0.weight")[0], shape("overall_mlp.3.weight")[0]],
         ta_dim=d_x, ta_mlp=[shape("coherence_mlp.0.weight")[0], shape("coherence_mlp.3.weight")[0]],
         positional_encoding=positional_encoding, pe_max_len=buffers["audio_pos_encoder.pe"].shape[0],
-        ta_pooling="mean", ta_kv_source="audio" if variant == "dera-mos" else "mi",
+        ta_pooling="mean", ta_kv_source="audio" if variant == "dera-mos" else "mi", resampler="torchaudio",
         audio_dim=shape("audio_attentive_pool.attention_weights.weight")[1], text_dim=d_t)
 
 

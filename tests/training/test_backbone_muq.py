@@ -109,6 +109,7 @@ def test_loader_reads_a_hugging_face_folder_and_ignores_exactly_the_unused_keys(
             state[k] = v.abs() + 0.5
     save_file(state, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps({"encoder_dim": 32, "encoder_depth": 2, "conv_dim": 8,
+                                                      "w2v2_config": {"num_attention_heads": 4, "intermediate_size": 64},
                                                       "stat": {"melspec_2048_mean": 1.5, "melspec_2048_std": 2.5}}))
     model = create_backbone("audio", "muq", size="tiny", clip_seconds=1.0)
     model.train()
@@ -133,5 +134,35 @@ def test_loader_names_bad_keys(tmp_path):
     assert "model.conv.conv.0.conv1.weight" in msg and "model.conformer.layers.0.extra.weight" in msg
     assert "model.conv.linear.bias" in msg
     (tmp_path / "config.json").write_text(json.dumps({"encoder_dim": 1024}))
-    with pytest.raises(DeramosError, match="encoder_dim=1024"):
+    with pytest.raises(DeramosError, match="lacks valid MuQ sizes: conv_dim, encoder_depth, w2v2_config"):
         load_backbone_weights("audio", "muq", model, tmp_path)
+
+
+def test_loader_takes_the_encoder_sizes_from_the_folder_config(tmp_path):
+    """Any folder in the published layout loads: sizes come from its config.json, not from a size table."""
+    from safetensors.torch import save_file
+
+    dims = dict(conv_dim=4, encoder_dim=48, encoder_depth=1, heads=2, ffn=40)
+    torch.manual_seed(3)
+    ref = MuQBackbone(clip_seconds=1.0, dims=dims).eval()
+    state = {k: (v.abs() + 0.5 if k.endswith("running_var") else v) for k, v in _published_style_state(ref).items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    ref.load_state_dict({k: v for k, v in state.items() if k in ref.state_dict()})
+    (tmp_path / "config.json").write_text(json.dumps({
+        "conv_dim": 4, "encoder_dim": 48, "encoder_depth": 1, "n_mels": 128, "hop_length": 240,
+        "w2v2_config": {"num_attention_heads": 2, "intermediate_size": 40, "hidden_size": 1024, "num_hidden_layers": 24}}))
+    model = create_backbone("audio", "muq", size="tiny", clip_seconds=1.0)  # resized by the folder's config
+    load_backbone_weights("audio", "muq", model, tmp_path)
+    assert model.dims == dims and model.size == "custom" and model.contract.hidden_size == 48
+    x = 0.1 * torch.randn(2, SR)
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref(x), atol=1e-5)
+
+
+def test_published_config_gives_the_large_sizes():
+    from training.backbones.muq import SIZES, dims_from_config
+
+    path = Path(__file__).resolve().parents[3] / "shared/reference/muq/muq-large-msd-iter-config.reconstructed.json"
+    if not path.is_file():
+        pytest.skip(f"the reconstructed published config is not beside the checkout ({path})")
+    assert dims_from_config(json.loads(path.read_text())) == SIZES["large"]

@@ -43,3 +43,13 @@ def test_pad_sequences():
     out, mask = pad_sequences([np.ones((2, 3), np.float32), np.ones((4, 3), np.float32)])
     assert out.shape == (2, 4, 3) and mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
     assert out[0, 2:].abs().sum() == 0
+
+
+def test_cache_key_changes_with_the_resampler(tmp_path, model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    soxr = Features(model, tok, tmp_path)
+    model.config.resampler = "torchaudio"
+    torchaudio = Features(model, tok, tmp_path)
+    assert torchaudio.protocol.resampler == "torchaudio" and soxr.protocol.resampler == "soxr"
+    assert torchaudio._audio_dir != soxr._audio_dir  # different input audio, different features
+    assert torchaudio._text_dir == soxr._text_dir  # prompts are unaffected

@@ -77,3 +77,55 @@ def test_generated_fixture_corpus_reads_cleanly(fixture_corpus):
     assert len(ids) == len(set(ids))
     for clip in splits["train"]:
         assert round(clip.mi / 0.2, 6).is_integer() and 1 <= clip.mi <= 5
+
+
+def _demo_corpus(tmp_path, lines, prompts, demo=None, wavs=()):
+    (tmp_path / "wav").mkdir()
+    (tmp_path / "sets").mkdir()
+    (tmp_path / "prompt_info.txt").write_text(prompts)
+    if demo is not None:
+        (tmp_path / "demo_prompt_info.txt").write_text(demo)
+    for name in wavs:
+        sf.write(tmp_path / "wav" / f"{name}.wav", np.zeros(160, dtype=np.float32), 16000)
+    (tmp_path / "sets" / "train_mos_list.txt").write_text("\n".join(lines) + "\n")
+    return Corpus.open(tmp_path)
+
+
+def test_demo_systems_take_demo_prompts_others_take_prompt_info(tmp_path):
+    ids = ["audiomos2025-track1-S006_P001", "audiomos2025-track1-S002_P001", "audiomos2025-track1-S013_P002"]
+    corpus = _demo_corpus(tmp_path, [f"{i}.wav,3,3" for i in ids],
+                          "id\ttext\nP001\tplain prompt one\nP002\tplain prompt two\n",
+                          "id\ttext\naudiomos2025-track1-S006_P001.wav\tthe demo prompt\n")
+    clips = corpus.read_split("train", check_audio=False)
+    # S006 is a demo system: its demo entry wins over P001; S002 is not: P001. S013 has no demo entry:
+    # it falls back to its P### prompt (the authors' code would stop there).
+    assert [(c.prompt_id, c.prompt) for c in clips] == [
+        ("audiomos2025-track1-S006_P001", "the demo prompt"), ("P001", "plain prompt one"), ("P002", "plain prompt two")]
+
+
+def test_a_non_demo_clip_in_the_demo_table_is_ambiguous(tmp_path):
+    corpus = _demo_corpus(tmp_path, ["audiomos2025-track1-S002_P001.wav,3,3"], "id\ttext\nP001\tone\n",
+                          "id\ttext\naudiomos2025-track1-S002_P001\tother\n")
+    with pytest.raises(DeramosError, match="S002_P001' is listed in demo_prompt_info.txt.*ambiguous") as err:
+        corpus.read_split("train", check_audio=False)
+    assert "train_mos_list.txt:1" in str(err.value)
+
+
+def test_duplicated_prompt_ids_are_named(tmp_path):
+    with pytest.raises(DeramosError, match=r"prompt_info.txt:3: prompt id 'P001' is listed twice \(first at line 2\)"):
+        _demo_corpus(tmp_path, ["audiomos2025-track1-S002_P001.wav,3,3"], "id\ttext\nP001\tone\nP001\ttwo\n")
+
+
+def test_system_ids_follow_the_one_token_rule(tmp_path):
+    # S### must be its own token: "S0021" (four digits) is not system S002.
+    corpus = _demo_corpus(tmp_path, ["audiomos2025-track1-S0021_P001.wav,3,3"], "id\ttext\nP001\tone\n")
+    with pytest.raises(DeramosError, match="no system id S### in wav id 'audiomos2025-track1-S0021_P001'"):
+        corpus.read_split("train", check_audio=False)
+
+
+def test_a_multi_problem_error_ends_with_a_newline(tmp_path):
+    corpus = _corpus(tmp_path, ["audiomos2025-track1-S002_P001.wav,9,3", "audiomos2025-track1-S002_P001.wav,3,9"])
+    with pytest.raises(DeramosError) as err:
+        corpus.read_split("train")
+    lines = str(err.value).split("\n")
+    assert lines[0] == "2 problem(s) in split 'train':" and lines[-1] == "" and len(lines) == 4

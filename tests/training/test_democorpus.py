@@ -83,3 +83,14 @@ def test_systems_differ_in_the_generated_labels(corpus):
 def test_bad_arguments_are_clear(tmp_path):
     with pytest.raises(DeramosError, match="clips >= 12"):
         democorpus.make_demo_corpus(tmp_path, clips=3)
+
+
+def test_out_with_a_corpus_is_refused_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "c"
+    (out / "wav").mkdir(parents=True)
+    (out / "wav" / "old.wav").write_bytes(b"x")
+    (out / "notes.txt").write_text("mine")
+    assert democorpus.main(["--out", str(out), "--clips", "12"]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "wav" / "old.wav").exists()
+    democorpus.clear_out(out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # only the corpus parts are removed

@@ -186,3 +186,32 @@ def test_total_loss_l1_and_pamr_on_scalar_heads():
     assert loss.item() == pytest.approx(expected) and parts["pamr_ta"] > 0
     loss.backward()
     assert mi.grad.abs().sum() > 0
+
+
+def test_pairwise_ranking_by_hand():
+    from training.losses import pairwise_ranking
+
+    pred, target = torch.tensor([3.0, 2.0, 4.0]), torch.tensor([4.0, 2.0, 2.0])
+    # Untied ordered pairs: (0,1) and (1,0) are in order (0); (0,2) and (2,0) are swapped by 1 each;
+    # (1,2), (2,1) are tied and excluded. Mean = (0 + 0 + 1 + 1) / 4.
+    assert pairwise_ranking(pred, target).item() == pytest.approx(0.5)
+    i, j = torch.tensor([0, 1, 0, 2]), torch.tensor([1, 0, 2, 0])
+    ref = torch.nn.functional.margin_ranking_loss(pred[i], pred[j], torch.sign(target[i] - target[j]), margin=0.0)
+    assert pairwise_ranking(pred, target).item() == pytest.approx(ref.item())
+    assert pairwise_ranking(pred, torch.full((3,), 3.0)).item() == 0.0
+    assert pairwise_ranking(torch.tensor([2.0]), torch.tensor([3.0])).item() == 0.0
+
+
+def test_pairwise_kind_replaces_balr_in_the_total():
+    from training.config import LossConfig
+    from training.losses import pairwise_ranking, total_loss
+
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(4, 20), -1)
+    centers = torch.linspace(1, 5, 20)
+    out = {"mi": probs @ centers, "ta": probs @ centers, "mi_probs": probs, "ta_probs": probs}
+    y = torch.tensor([1.0, 2.0, 4.0, 5.0])
+    loss, parts = total_loss(out, y, y, LossConfig(kind="pairwise", lambda_balr=0.5, lambda_sama=0), centers)
+    assert set(parts) == {"ce_mi", "ce_ta", "pairwise", "total"}
+    assert parts["pairwise"] == pytest.approx(0.5 * pairwise_ranking(out["mi"], y).item())
+    assert loss.item() == pytest.approx(parts["ce_mi"] + parts["ce_ta"] + parts["pairwise"], rel=1e-6)

@@ -34,3 +34,11 @@ def test_builtin_model_is_small_and_documented():
     assert cfg.model.text.name == "minilm" and cfg.model.text.weights == "package"
     size = sum(f.stat().st_size for f in quickstart.DEFAULT_MODEL.iterdir())
     assert size < 20 * 2**20
+
+
+def test_quickstart_refuses_an_existing_folder_and_defaults_to_a_temporary_one(tmp_path, capsys):
+    (tmp_path / "qs").mkdir()
+    (tmp_path / "qs" / "mine.txt").write_text("keep")
+    assert quickstart.main(["--out", str(tmp_path / "qs")]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+    assert quickstart.parse_args([]).out is None  # no --out: nothing is written into the current directory

@@ -140,8 +140,10 @@ def test_cli_writes_a_run_that_rebuilds_and_evaluates(tmp_path, fixture_corpus, 
     with torch.no_grad():
         assert torch.allclose(model.heads(audio, text, mask)["ta"], direct.heads(audio, text, mask)["ta"])
     assert torch.equal(model.audio_encoder.model.conv.linear.weight, state["muq.model.conv.linear.weight"])
-    assert evaluate.main(["--data", str(fixture_corpus), "--run", str(run), "--split", "dev"]) == 0
-    metrics = json.loads((run / "eval_dev.json").read_text())
+    assert cfg.model.resampler == "torchaudio" and provenance["resampler"] == "torchaudio"
+    assert evaluate.main(["--data", str(fixture_corpus), "--run", str(run), "--split", "dev",
+                          "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "eval_dev.json").read_text())
     assert metrics["clips"] == 16 and set(metrics["MI"]) == {"utterance", "system"}
 
 
@@ -156,3 +158,30 @@ def test_cli_refuses_pickled_code_and_missing_encoders(tmp_path, capsys):
     torch.save(research_state(RECORD["dera-mos"]), tmp_path / "heads.pth")
     assert import_research.main([str(tmp_path / "heads.pth"), "--out", str(tmp_path / "r")]) == 2
     assert "--audio-encoder" in capsys.readouterr().err
+
+
+def test_cli_says_a_text_file_is_not_a_checkpoint_and_a_truncated_one_is_truncated(tmp_path, capsys):
+    from training import import_research
+
+    (tmp_path / "notes.pth").write_text("these are my notes, not weights\n")
+    assert import_research.main([str(tmp_path / "notes.pth"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a checkpoint" in err and "pickled code" not in err and "Traceback" not in err
+    torch.save(research_state(RECORD["dera-mos"]), tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    assert import_research.main([str(tmp_path / "cut.pth"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "truncated or corrupt" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # a failed import leaves nothing behind
+
+
+def test_cli_refuses_a_non_empty_out_folder(tmp_path, capsys):
+    from training import import_research
+
+    torch.save(research_state(RECORD["dera-mos"]), tmp_path / "heads.pth")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "mine.txt").write_text("keep me")
+    assert import_research.main([str(tmp_path / "heads.pth"), "--out", str(tmp_path / "r")]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+    assert (tmp_path / "r" / "mine.txt").read_text() == "keep me"

@@ -30,13 +30,12 @@ class AudioContract:
     clip_seconds: float
     hidden_size: int
 
-    @property
-    def protocol(self) -> AudioProtocol:
-        return AudioProtocol(self.sample_rate, self.clip_seconds)  # resampler: the model config decides
+    # No ``protocol`` here on purpose: the resampler belongs to the model config, so the one way to get a
+    # model's audio protocol is ``training.model.audio_protocol(config, contract)``.
 
     @property
     def num_samples(self) -> int:
-        return self.protocol.num_samples
+        return AudioProtocol(self.sample_rate, self.clip_seconds).num_samples
 
 
 @dataclass(frozen=True)

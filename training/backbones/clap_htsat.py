@@ -343,7 +343,7 @@ def load_audio_weights(backbone: ClapHtsatBackbone, path: str | Path) -> None:
         DeramosError: missing file, pickled code, a different architecture or front end, or any missing,
             unexpected or mis-shaped key (all of them named).
     """
-    from training.checkpoint import load_state_file
+    from training.weights import load_state_file
 
     if not isinstance(backbone, ClapHtsatBackbone):
         raise DeramosError(f"load_audio_weights expects a ClapHtsatBackbone, got {type(backbone).__name__}")
@@ -441,7 +441,7 @@ def _check_preprocessor(backbone: ClapHtsatBackbone, path: Path) -> None:
 
 
 def _read_folder_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    from training.checkpoint import load_state_file
+    from training.weights import load_state_file
 
     if (folder / "model.safetensors").is_file():
         return load_state_file(folder / "model.safetensors")
@@ -476,7 +476,7 @@ def _hf_audio_part(state: Mapping[str, torch.Tensor], source) -> dict[str, torch
 
 
 def _load_into(backbone: ClapHtsatBackbone, state: dict[str, torch.Tensor], source: str) -> None:
-    from training.checkpoint import load_strict
+    from training.weights import load_strict
 
     own = backbone.audio_model.state_dict()
     for key, value in own.items():

@@ -3,8 +3,9 @@
 MuQ (Zhu et al. 2025, github.com/tencent-ailab/MuQ, package ``muq`` 0.1.0) = a mel front end, a 2-D
 convolutional subsampling (``model.conv``) and transformers' ``Wav2Vec2ConformerEncoder``
 (``model.conformer``). The ``muq`` package itself is not used: it needs torchaudio (no CPU build here) and
-the model hub, and its encoder config breaks under transformers 5. Hyper-parameters, as in the published
-``config.json`` of OpenMuQ/MuQ-large-msd-iter and the spec (deramos-spec.md, "MuQ-large-msd-iter"):
+the model hub, and its encoder config breaks under transformers 5. Hyper-parameters of the published
+``config.json`` of OpenMuQ/MuQ-large-msd-iter (the encoder sizes are read from a folder's own
+``config.json`` when one is loaded, see :func:`dims_from_config`):
 
 * mel: 24 kHz, n_fft 2048 (periodic Hann window of 2048), hop 240, centred with reflect padding, 128 HTK
   mel bands from 0 to 12 kHz without filter normalisation, power 2; dB = 10 log10(max(x, 1e-10)) (no top
@@ -35,7 +36,7 @@ from torch import nn
 
 from deramos_rt.errors import DeramosError
 from training.backbones.base import AudioBackbone, AudioContract
-from training.checkpoint import load_state_file, load_strict
+from training.weights import load_state_file, load_strict
 
 SAMPLE_RATE = 24_000
 N_FFT = 2048
@@ -47,6 +48,7 @@ SIZES = {
     "large": dict(conv_dim=512, encoder_dim=1024, encoder_depth=12, heads=16, ffn=4096),
     "tiny": dict(conv_dim=8, encoder_dim=32, encoder_depth=2, heads=4, ffn=64),
 }
+DIM_KEYS = ("conv_dim", "encoder_dim", "encoder_depth", "heads", "ffn")
 # Published keys that feature extraction does not use (pre-training heads, unused modules, counters).
 IGNORED_PREFIXES = ("model.linear.", "model.rvq.", "model.cls_token", "model.conformer.pos_conv_embed.")
 IGNORED_SUFFIXES = ("num_batches_tracked", "embed_positions.inv_freq")
@@ -120,11 +122,10 @@ class Conv2dSubsampling(nn.Module):
         return self.linear(x.permute(0, 3, 1, 2).reshape(b, t, c * f))
 
 
-def conformer_config(size: str):
-    """The ``Wav2Vec2ConformerConfig`` of a MuQ size (eager attention: exact and exportable)."""
+def conformer_config(s: dict[str, int]):
+    """The ``Wav2Vec2ConformerConfig`` of MuQ sizes ``s`` (eager attention: exact and exportable)."""
     from transformers import Wav2Vec2ConformerConfig
 
-    s = SIZES[size]
     cfg = Wav2Vec2ConformerConfig(
         hidden_size=s["encoder_dim"], num_hidden_layers=s["encoder_depth"], num_attention_heads=s["heads"],
         intermediate_size=s["ffn"], hidden_act="swish", conv_depthwise_kernel_size=31, layer_norm_eps=1e-5,
@@ -138,13 +139,12 @@ def conformer_config(size: str):
 class MuQModel(nn.Module):
     """The ``model.*`` part of the published checkpoint that feature extraction uses."""
 
-    def __init__(self, size: str):
+    def __init__(self, s: dict[str, int]):
         super().__init__()
         from transformers.models.wav2vec2_conformer.modeling_wav2vec2_conformer import Wav2Vec2ConformerEncoder
 
-        s = SIZES[size]
         self.conv = Conv2dSubsampling(s["conv_dim"], s["encoder_dim"])
-        self.conformer = Wav2Vec2ConformerEncoder(conformer_config(size))
+        self.conformer = Wav2Vec2ConformerEncoder(conformer_config(s))
         self.conformer.pos_conv_embed = None  # built by transformers, never used by MuQ's forward
 
 
@@ -155,16 +155,30 @@ class MuQBackbone(AudioBackbone):
         size: ``"large"`` (MuQ-large-msd-iter) or ``"tiny"`` (same structure and key names, for tests).
         clip_seconds: the fixed clip length (the paper uses 30 s).
         mean, std: the checkpoint's mel statistics (config ``stat``).
+        dims: explicit sizes (:data:`DIM_KEYS`) instead of a named size; loading a published folder sets
+            them from its ``config.json`` (:func:`dims_from_config`).
     """
 
-    def __init__(self, size: str = "large", clip_seconds: float = 30.0, mean: float = STAT_MEAN, std: float = STAT_STD):
+    def __init__(self, size: str = "large", clip_seconds: float = 30.0, mean: float = STAT_MEAN, std: float = STAT_STD,
+                 dims: Mapping[str, int] | None = None):
         super().__init__()
-        if size not in SIZES:
+        if dims is None and size not in SIZES:
             raise DeramosError(f"unknown muq size {size!r}; choose one of: {', '.join(SIZES)}")
-        self.size = size
-        self.contract = AudioContract(SAMPLE_RATE, clip_seconds, SIZES[size]["encoder_dim"])
+        self.clip_seconds = clip_seconds
         self.frontend = MuQMelFrontEnd(mean, std)
-        self.model = MuQModel(size)
+        self.resize(dict(SIZES[size]) if dims is None else dict(dims))
+
+    def resize(self, dims: dict[str, int]) -> None:
+        """(Re)build the conv subsampling and conformer for ``dims`` (random weights until loaded)."""
+        missing = [k for k in DIM_KEYS if k not in dims]
+        if missing:
+            raise DeramosError(f"muq sizes lack {', '.join(missing)}; need all of: {', '.join(DIM_KEYS)}")
+        if dims["encoder_dim"] % dims["heads"]:
+            raise DeramosError(f"muq encoder_dim {dims['encoder_dim']} is not divisible by {dims['heads']} heads")
+        self.dims = {k: int(dims[k]) for k in DIM_KEYS}
+        self.size = next((name for name, preset in SIZES.items() if preset == self.dims), "custom")
+        self.contract = AudioContract(SAMPLE_RATE, self.clip_seconds, self.dims["encoder_dim"])
+        self.model = MuQModel(self.dims)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         x = self.model.conv(self.frontend(waveform))
@@ -172,8 +186,23 @@ class MuQBackbone(AudioBackbone):
 
 
 def build_audio(name: str = "muq", size: str = "large", clip_seconds: float = 30.0,
-                mean: float = STAT_MEAN, std: float = STAT_STD) -> MuQBackbone:
-    return MuQBackbone(size, clip_seconds, mean, std)
+                mean: float = STAT_MEAN, std: float = STAT_STD, dims: Mapping[str, int] | None = None) -> MuQBackbone:
+    return MuQBackbone(size, clip_seconds, mean, std, dims)
+
+
+def dims_from_config(cfg: Mapping, source: str = "config.json") -> dict[str, int]:
+    """MuQ sizes from a published ``config.json``: ``conv_dim``, ``encoder_dim``, ``encoder_depth`` at the top
+    level (they override the conformer config's own width and depth, as MuQ's code does) and the heads and
+    FFN width from ``w2v2_config`` (``num_attention_heads``, ``intermediate_size``)."""
+    w2v2 = cfg.get("w2v2_config") or {}
+    found = {"conv_dim": cfg.get("conv_dim"), "encoder_dim": cfg.get("encoder_dim"),
+             "encoder_depth": cfg.get("encoder_depth"), "heads": w2v2.get("num_attention_heads"),
+             "ffn": w2v2.get("intermediate_size")}
+    names = {"heads": "w2v2_config.num_attention_heads", "ffn": "w2v2_config.intermediate_size"}
+    bad = [names.get(k, k) for k, v in found.items() if not isinstance(v, int) or isinstance(v, bool) or v <= 0]
+    if bad:
+        raise DeramosError(f"{source} lacks valid MuQ sizes: {', '.join(bad)} (expected positive integers)")
+    return found
 
 
 def _is_ignored(key: str) -> bool:
@@ -207,12 +236,16 @@ def _check_config(backbone: MuQBackbone, folder: Path) -> None:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise DeramosError(f"no config.json in {folder}: expected a local copy of OpenMuQ/MuQ-large-msd-iter")
-    cfg = json.loads(config_path.read_text())
-    size = SIZES[backbone.size]
-    for key, ours in (("encoder_dim", size["encoder_dim"]), ("encoder_depth", size["encoder_depth"]),
-                      ("conv_dim", size["conv_dim"]), ("n_mels", N_MELS), ("hop_length", HOP)):
+    try:
+        cfg = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DeramosError(f"cannot read {config_path}: {exc}") from exc
+    for key, ours in (("n_mels", N_MELS), ("hop_length", HOP)):
         if key in cfg and cfg[key] != ours:
-            raise DeramosError(f"{config_path}: {key}={cfg[key]} but the muq {backbone.size} backbone has {ours}")
+            raise DeramosError(f"{config_path}: {key}={cfg[key]}, but MuQ's front end is fixed at {key}={ours}")
+    dims = dims_from_config(cfg, str(config_path))
+    if dims != backbone.dims:  # the folder's config decides the encoder's sizes, not a size table
+        backbone.resize(dims)
     stat = cfg.get("stat", {})
     mean, std = stat.get("melspec_2048_mean"), stat.get("melspec_2048_std")
     if mean is not None and std is not None:

@@ -39,7 +39,7 @@ from deramos_rt.errors import DeramosError
 from deramos_rt.text import TINY as TINY_TOKENIZER
 from deramos_rt.text import tiny_vocab
 from training.backbones.base import TextBackbone, TextContract
-from training.checkpoint import load_state_file, load_strict
+from training.weights import load_state_file, load_strict
 
 PACKAGE = "package"
 NAMES = ("roberta", "bert", "minilm")

@@ -74,6 +74,6 @@ def build_text(name: str = "tiny", **options) -> TinyText:
 
 def load_weights(backbone: nn.Module, path: str) -> None:
     """Load a safetensors file saved from a tiny backbone (strict)."""
-    from training.checkpoint import load_safetensors_strict
+    from training.weights import load_safetensors_strict
 
     load_safetensors_strict(backbone, path)
