@@ -20,6 +20,7 @@ from training.backbones.base import AudioBackbone, AudioContract, TextBackbone, 
 AUDIO_BACKBONES: dict[str, str] = {
     "clap-htsat": "training.backbones.clap_htsat",
     "muq": "training.backbones.muq",
+    "spectral": "training.backbones.spectral",
     "tiny": "training.backbones.tiny",
 }
 TEXT_BACKBONES: dict[str, str] = {
