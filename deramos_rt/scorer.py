@@ -255,13 +255,9 @@ class Scorer:
     def _run_ta(self, audio_x: np.ndarray, prompts: list[str]) -> np.ndarray:
         """TA for each row of ``audio_x`` with its prompt (cached ``text_x`` padded to the longest + mask)."""
         self._encode_prompts(prompts)
-        texts = [self._text[p][0] for p in prompts]
-        length = max(t.shape[0] for t in texts)
-        text_x = np.zeros((len(texts), length, texts[0].shape[1]), dtype=np.float32)
-        mask = np.zeros((len(texts), length), dtype=np.int64)
-        for i, t in enumerate(texts):
-            text_x[i, : t.shape[0]] = t
-            mask[i, : t.shape[0]] = 1
+        from deramos_rt.text import pad_sequences
+
+        text_x, mask = pad_sequences([self._text[p][0] for p in prompts])
         return self.backend.run_ta(audio_x, text_x, mask)
 
     def _encode_prompts(self, prompts: list[str]) -> None:

@@ -90,6 +90,17 @@ class PromptTokenizer:
         return TokenBatch(ids, mask)
 
 
+def pad_sequences(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad (L_i, D) float arrays to (B, max L, D) float32 with a mask (B, max L) int64 (1 = real)."""
+    length = max(s.shape[0] for s in seqs)
+    out = np.zeros((len(seqs), length, seqs[0].shape[1]), dtype=np.float32)
+    mask = np.zeros((len(seqs), length), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        out[i, : s.shape[0]] = s
+        mask[i, : s.shape[0]] = 1
+    return out, mask
+
+
 def load_tokenizer(spec: str | Path, max_tokens: int, expected_vocab_size: int | None = None) -> PromptTokenizer:
     """Load a tokenizer from a local folder, or the built-in one when ``spec == "tiny"``.
 

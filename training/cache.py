@@ -153,13 +153,10 @@ class Features:
 
 
 def pad_sequences(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad (L_i, D) arrays to (B, max L, D) with a mask (1 = real)."""
-    length = max(s.shape[0] for s in seqs)
-    out = np.zeros((len(seqs), length, seqs[0].shape[1]), dtype=np.float32)
-    mask = np.zeros((len(seqs), length), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        out[i, : s.shape[0]] = s
-        mask[i, : s.shape[0]] = 1
+    """Zero-pad (L_i, D) arrays to (B, max L, D) with a mask (1 = real), as torch tensors."""
+    from deramos_rt.text import pad_sequences as pad
+
+    out, mask = pad(seqs)
     return torch.from_numpy(out), torch.from_numpy(mask)
 
 

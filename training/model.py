@@ -130,23 +130,31 @@ class DeraMosHeads(nn.Module):
         text_mask: torch.Tensor,
         return_alignment: bool = False,
     ) -> dict[str, torch.Tensor]:
-        mi_seq = self.mi_branch(audio_hidden)
-        kv_source = audio_hidden if self.config.ta_kv_source == "audio" else mi_seq
-        audio_x = self.audio_proj(kv_source)
+        mi_logits, audio_x = self.audio_side(audio_hidden)
         text_x = self.text_proj(text_hidden)
-        # Query = text, key/value = audio. Audio has no padding (fixed-length protocol), so no key mask;
-        # rows for padded text positions are computed but never pooled.
-        fused, _ = self.cross_attn(text_x, audio_x, audio_x, need_weights=False)
-        fused = self.cross_norm(fused)
-        if self.config.ta_pooling == "attentive":
-            ta_vec = self.ta_pool(fused, text_mask)
-        else:
-            ta_vec = masked_mean(fused, text_mask)
-        out = {**self._scores("mi", self.mi_mlp(self.mi_pool(mi_seq))), **self._scores("ta", self.ta_mlp(ta_vec))}
+        out = {**self._scores("mi", mi_logits), **self._scores("ta", self.ta_logits(audio_x, text_x, text_mask))}
         if return_alignment:
             out["audio_vec"] = self.align_audio_pool(audio_x)
             out["text_vec"] = masked_mean(text_x, text_mask)
         return out
+
+    def audio_side(self, audio_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MI logits and the projected TA key/value sequence ``audio_x`` (what a bundle's audio graph holds)."""
+        mi_seq = self.mi_branch(audio_hidden)
+        kv_source = audio_hidden if self.config.ta_kv_source == "audio" else mi_seq
+        return self.mi_mlp(self.mi_pool(mi_seq)), self.audio_proj(kv_source)
+
+    def ta_logits(self, audio_x: torch.Tensor, text_x: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """TA logits from projected audio and text (what a bundle's TA graph holds).
+
+        Query = text, key/value = audio. Audio has no padding (fixed-length protocol), so no key mask; rows
+        for padded text positions are computed but never pooled.
+        """
+        fused, _ = self.cross_attn(text_x, audio_x, audio_x, need_weights=False)
+        fused = self.cross_norm(fused)
+        if self.config.ta_pooling == "attentive":
+            return self.ta_mlp(self.ta_pool(fused, text_mask))
+        return self.ta_mlp(masked_mean(fused, text_mask))
 
     def mi_branch(self, audio_hidden: torch.Tensor) -> torch.Tensor:
         """PE (optional) + dropout + one post-LN transformer layer: (B, T, D_a) -> (B, T, D_a)."""

@@ -49,11 +49,8 @@ class AudioPart(nn.Module):
 
     def from_hidden(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The part after the encoder (used on cached encoder outputs too)."""
-        heads = self.heads
-        mi_seq = heads.mi_branch(hidden)
-        kv_source = hidden if heads.config.ta_kv_source == "audio" else mi_seq
-        mi = _head_output(heads, heads.mi_mlp(heads.mi_pool(mi_seq)))
-        return mi, heads.audio_proj(kv_source)
+        mi_logits, audio_x = self.heads.audio_side(hidden)
+        return _head_output(self.heads, mi_logits), audio_x
 
 
 class TextPart(nn.Module):
@@ -82,16 +79,7 @@ class TAPart(nn.Module):
         return (head_output_name(self.heads.config.head, "ta"),)
 
     def forward(self, audio_x: torch.Tensor, text_x: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        from training.model import masked_mean
-
-        heads = self.heads
-        fused, _ = heads.cross_attn(text_x, audio_x, audio_x, need_weights=False)
-        fused = heads.cross_norm(fused)
-        if heads.config.ta_pooling == "attentive":
-            vec = heads.ta_pool(fused, text_mask)
-        else:
-            vec = masked_mean(fused, text_mask)
-        return _head_output(heads, heads.ta_mlp(vec))
+        return _head_output(self.heads, self.heads.ta_logits(audio_x, text_x, text_mask))
 
 
 def split_model(model) -> tuple[AudioPart, TextPart, TAPart]:
