@@ -95,18 +95,9 @@ def _rows(path: Path) -> list[tuple[str, dict]]:
     if not path.is_file():
         raise DeramosError(f"score file not found: {path}")
     if path.suffix.lower() == ".jsonl":
-        rows = []
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DeramosError(f"{path}:{line_no}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DeramosError(f"{path}:{line_no}: expected a JSON object per line")
-            rows.append((f"{path}:{line_no}", row))
-        return rows
+        from deramos_rt.io import jsonl_objects
+
+        return [(f"{path}:{n}", row) for n, row in jsonl_objects(path, "score file")]
     if path.suffix.lower() != ".csv":
         raise DeramosError(f"score file must end in .csv or .jsonl: {path}")
     with path.open(encoding="utf-8", newline="") as f:

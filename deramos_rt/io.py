@@ -66,7 +66,8 @@ def _csv_records(path: Path) -> Iterator[tuple[int, dict]]:
             yield reader.line_num, {k.strip(): v for k, v in row.items() if k is not None}
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+def jsonl_objects(path: Path, what: str = "manifest") -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file; a bad line is an error naming it."""
     with path.open(encoding="utf-8-sig") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -74,13 +75,18 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DeramosError(f"manifest {path} line {number} is not valid JSON: {exc.msg}") from exc
+                raise DeramosError(f"{what} {path} line {number} is not valid JSON: {exc.msg}") from exc
             if not isinstance(record, dict):
-                raise DeramosError(f"manifest {path} line {number} is not a JSON object")
-            for column in REQUIRED:
-                if column not in record:
-                    raise DeramosError(f"manifest {path} line {number} lacks the required field {column!r}")
+                raise DeramosError(f"{what} {path} line {number} is not a JSON object")
             yield number, record
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+    for number, record in jsonl_objects(path):
+        for column in REQUIRED:
+            if column not in record:
+                raise DeramosError(f"manifest {path} line {number} lacks the required field {column!r}")
+        yield number, record
 
 
 def _request(path: Path, number: int, record: dict) -> ClipRequest:
