@@ -18,7 +18,8 @@ Manifest fields (``format_version`` 1)::
     graphs:    {audio|text|ta: {inputs: [{name, dtype, shape}], outputs: [...]}}  (symbolic axes are strings)
     variants:  {fp32|int8|fp16: {files: {audio, text, ta}, device: "any"|"cpu"|"cuda", opset, parity}}
     tensorrt:  [{key, trt_version, compute_capability, precision, files, profiles}]  (may be empty)
-    aoti:      {files: {audio, text, ta}, torch_version, device, isa} | null
+    aoti:      {files: {audio, text, ta}, torch_version, device ("cpu"|"cuda"), precision, isa (CPU flags), batch,
+                tokens, inductor_configs, gpu ({name, compute_capability}, cuda only), compile_seconds, parity} | null
     files:     {relative path: {bytes, sha256}} for every file but the manifest
     versions:  {torch, onnx, onnxruntime, onnxslim, deramos_rt, ...}
     source:    {run, config_sha256, provenance}

@@ -1,14 +1,15 @@
 """Turn a run directory into a bundle the runtime scores with, without torch.
 
 ``python -m export.build_engine --run RUN_DIR --out BUNDLE_DIR [--precision fp32,int8,fp16]
-[--tensorrt auto|require|off] [--opt-batch 16 --max-batch 64] [--aoti]``
+[--tensorrt auto|require|off] [--opt-batch 16 --max-batch 64] [--aoti [--aoti-device cpu|cuda]]``
 
 Steps: rebuild the model from the run; export the three graphs of ``training/split.py`` (fp32, simplified
 with onnxslim where that keeps the outputs); derive int8 (CPU) and fp16 (GPU) variants; save the
 tokenizer; write the manifest; run the parity gate (every variant against the torch model, end to end
 from audio files); drop any variant that misses its limit; optionally build TensorRT engines and
-AOTInductor packages. Everything is written into a temporary folder beside ``--out`` and renamed into
-place at the end, so ``--out`` never holds a half-written bundle.
+AOTInductor packages (``aoti/``, gated like the fp32 graphs, dropped with the reason on failure).
+Everything is written into a temporary folder beside ``--out`` and renamed into place at the end (folders
+755, files 644), so ``--out`` never holds a half-written bundle.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class BuildOptions:
         tensorrt: ``auto`` (engines when TensorRT and a GPU are present), ``require`` or ``off``.
         opt_batch, max_batch: the batch profile recorded for TensorRT (min 1).
         aoti: also package the parts with AOTInductor.
+        aoti_device: ``cpu`` or ``cuda`` for the packages (None: cuda when torch sees a GPU, else cpu).
         parity_files, parity_random: generated audio files / random signals for the parity gate.
         slim: simplify graphs with onnxslim (kept only where outputs are unchanged).
         int8_min_bytes: encoders with fewer weight bytes stay fp32 in the int8 variant.
@@ -56,6 +58,7 @@ class BuildOptions:
     opt_batch: int = 16
     max_batch: int = 64
     aoti: bool = False
+    aoti_device: str | None = None
     parity_files: int = 8
     parity_random: int = 24
     slim: bool = True
@@ -89,14 +92,13 @@ def build_bundle(run_dir: str | Path, out_dir: str | Path, precisions: Sequence[
     """
     opts = BuildOptions(precisions=parse_precisions(precisions), **options)
     _check_options(opts)
-    if opts.aoti:
-        raise DeramosError("--aoti: AOTInductor packaging is not part of this build yet; build without --aoti")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     _check_out(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     try:
         _build_into(run_dir, work, opts)
+        _publish_modes(work)
         _replace(work, out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -108,6 +110,24 @@ def _check_options(opts: BuildOptions) -> None:
         raise DeramosError(f"--tensorrt must be one of {', '.join(TENSORRT_MODES)}, got {opts.tensorrt!r}")
     if not 1 <= opts.opt_batch <= opts.max_batch:
         raise DeramosError(f"need 1 <= --opt-batch ({opts.opt_batch}) <= --max-batch ({opts.max_batch})")
+    if opts.aoti_device is not None:
+        if not opts.aoti:
+            raise DeramosError("--aoti-device needs --aoti")
+        if opts.aoti_device not in ("cpu", "cuda"):
+            raise DeramosError(f"--aoti-device must be cpu or cuda, got {opts.aoti_device!r}")
+        if opts.aoti_device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise DeramosError(f"--aoti-device cuda: this torch ({torch.__version__}) sees no CUDA GPU")
+
+
+def _publish_modes(work: Path) -> None:
+    """mkdtemp makes the folder 0700: give the bundle ordinary modes (folders 755, files 644) before it
+    becomes visible, so other users and services can read it."""
+    work.chmod(0o755)
+    for path in work.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _check_out(out_dir: Path) -> None:
@@ -156,10 +176,17 @@ def _build_into(run_dir: Path, work: Path, opts: BuildOptions) -> None:
     if provenance.is_file():
         shutil.copy2(provenance, work / "provenance.json")
     manifest = _manifest(model, run_config, run_dir, work, tokenizer, variants, opts)
+    aoti_failure = None
+    if opts.aoti:
+        with step("aoti packages") as info:
+            manifest["aoti"], aoti_failure = _aoti(model, work, tokenizer, opts)
+            info["device"] = (manifest["aoti"] or {}).get("device", "none")
     write_manifest(work, manifest)
     with step("parity gate") as info:
         parity = _parity(model, tokenizer, work, opts)
         info["kept"] = ",".join(v for v in manifest["variants"] if parity["variants"][v]["kept"])
+    if aoti_failure:
+        parity["aoti"] = aoti_failure
     _apply_parity(work, manifest, parity, opts)
     with step("tensorrt engines") as info:
         manifest["tensorrt"] = _tensorrt(work, manifest, opts)
@@ -286,6 +313,21 @@ def _source(run_dir: Path, work: Path) -> dict[str, Any]:
             "provenance": "provenance.json" if (work / "provenance.json").is_file() else None}
 
 
+def _aoti(model, work: Path, tokenizer, opts: BuildOptions) -> tuple[dict | None, dict | None]:
+    """(the manifest's aoti section, None), or (None, the reason) when export or compilation failed."""
+    from export import aoti
+
+    device = opts.aoti_device or aoti.default_device()
+    try:
+        return aoti.build_packages(model, work, device, tokenizer.max_tokens), None
+    except Exception as exc:  # torch.export / Inductor raise many types; the ONNX bundle stays usable
+        first = (str(exc).strip().splitlines() or [""])[0]
+        reason = f"failed: AOTInductor {device} packaging: {type(exc).__name__}: {first}"
+        log.warning("dropping the AOTInductor packages: %s", reason)
+        shutil.rmtree(work / aoti.FOLDER, ignore_errors=True)
+        return None, {"status": reason, "kept": False, "device": device}
+
+
 def _parity(model, tokenizer, work: Path, opts: BuildOptions) -> dict[str, Any]:
     from export import parity
 
@@ -307,6 +349,15 @@ def _apply_parity(work: Path, manifest: dict, parity: dict, opts: BuildOptions) 
         for name in entry["files_all"]:
             if name not in shared:  # the int8 variant shares the fp32 TA graph
                 (work / name).unlink(missing_ok=True)
+    aoti = parity.get("aoti")
+    if manifest.get("aoti"):
+        manifest["aoti"]["parity"] = {k: aoti[k] for k in ("status", "mi_max_abs", "ta_max_abs") if k in aoti}
+        if not aoti["kept"]:
+            log.warning("dropping the AOTInductor packages: %s", aoti["status"])
+            from export.aoti import FOLDER
+
+            shutil.rmtree(work / FOLDER, ignore_errors=True)
+            manifest["aoti"] = None
     kept_asked = [p for p in opts.precisions if p in manifest["variants"]]
     if not kept_asked:
         reasons = "; ".join(f"{p}: {parity['variants'][p]['status']}" for p in opts.precisions)
@@ -345,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--opt-batch", type=int, default=16)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--aoti", action="store_true", help="also build AOTInductor packages")
+    parser.add_argument("--aoti-device", choices=("cpu", "cuda"), default=None,
+                        help="device of the AOTInductor packages (default: cuda when torch sees a GPU, else cpu)")
     parser.add_argument("--no-slim", action="store_true", help="do not simplify graphs with onnxslim")
     parser.add_argument("--parity-files", type=int, default=8, help="generated audio files in the parity gate")
     parser.add_argument("--parity-random", type=int, default=24, help="random signals in the parity gate")
@@ -356,10 +409,13 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         out = build_bundle(args.run, args.out, parse_precisions(args.precision), tensorrt=args.tensorrt,
                            opt_batch=args.opt_batch, max_batch=args.max_batch, aoti=args.aoti,
+                           aoti_device=args.aoti_device,
                            slim=not args.no_slim, parity_files=args.parity_files, parity_random=args.parity_random)
         bundle = load_bundle(out)
-        log.info("bundle %s: variants %s, %s MB, built in %.1f s (manifest sha256 %s)", out,
-                 ",".join(bundle.variants), _mb(out), time.perf_counter() - start, bundle.sha256[:16])
+        aoti = bundle.manifest.get("aoti")
+        log.info("bundle %s: variants %s%s, %s MB, built in %.1f s (manifest sha256 %s)", out,
+                 ",".join(bundle.variants), f", aoti {aoti['device']}" if aoti else "", _mb(out),
+                 time.perf_counter() - start, bundle.sha256[:16])
         return 0
 
     return run_cli("export.build_engine", body)

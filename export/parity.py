@@ -1,4 +1,5 @@
-"""The bundle's parity gate: every variant against the torch model, end to end, written to parity.json.
+"""The bundle's parity gate: every variant (and the AOTInductor packages) against the torch model, end to
+end, written to parity.json.
 
 Variants run through the runtime's own backend (:class:`deramos_rt.backends.onnxruntime.OnnxRuntimeBackend`)
 on the bundle as written, with the bundle's tokenizer file and audio protocol, so the gate checks what a
@@ -62,7 +63,45 @@ def run_gate(model, tokenizer, bundle_dir: str | Path, asked: Sequence[str], fil
         report["variants"][precision] = check_variant(bundle, precision, inputs, reference, precision in asked)
         log.info("parity %s: %s", precision, report["variants"][precision]["status"])
     _speedups(report["variants"])
+    if bundle.manifest.get("aoti"):
+        report["aoti"] = check_aoti(bundle, inputs, reference)
+        log.info("parity aoti: %s", report["aoti"]["status"])
+        base = report["variants"].get("fp32", {}).get("seconds")
+        if base and report["aoti"].get("seconds"):
+            report["aoti"]["speed_vs_fp32"] = round(base / report["aoti"]["seconds"], 2)
     return report
+
+
+def check_aoti(bundle, inputs, reference) -> dict[str, Any]:
+    """Score ``inputs`` with the bundle's AOTInductor packages (the runtime's backend) against the fp32 limits.
+
+    A package that cannot be loaded or run is a failure with its reason, not an error: the ONNX graphs of
+    the bundle stay usable without it.
+    """
+    from deramos_rt.backends.aoti import AotiBackend
+
+    device = bundle.manifest["aoti"]["device"]
+    try:
+        backend = AotiBackend(bundle)
+        start = time.perf_counter()
+        got = verify.backend_scores(backend, inputs, bundle.tokenizer(), bundle.bins)
+        seconds = time.perf_counter() - start
+        backend.close()
+    except Exception as exc:  # compiled code raises RuntimeError variants; DeramosError for mismatches
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return {"status": f"failed: {type(exc).__name__}: {first}", "kept": False, "device": device}
+    result = verify.compare_scores(reference, got)
+    reason = verify.gate("fp32", result)
+    return {
+        "status": "passed" if reason is None else f"failed: {reason}",
+        "kept": reason is None,
+        "device": device,
+        "mi_max_abs": result["mi"]["max_abs"], "ta_max_abs": result["ta"]["max_abs"],
+        "mi_srcc": result["mi"]["srcc"], "ta_srcc": result["ta"]["srcc"],
+        "detail": result,
+        "seconds": round(seconds, 3),
+        "clips_per_s": round(len(inputs.waveforms) / seconds, 2),
+    }
 
 
 def check_variant(bundle, precision: str, inputs, reference, asked: bool) -> dict[str, Any]:

@@ -56,3 +56,50 @@ def tiny_bundle(folder: str | Path, precisions=("fp32",), seed: int = 0, recipe:
     options.setdefault("parity_files", 4)
     options.setdefault("parity_random", 12)
     return build_bundle(run, folder / "bundle", precisions, **options)
+
+
+ROBERTA_VOCAB_SIZE = 50265
+_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+def roberta_tokenizer_folder(folder: str | Path, vocab_size: int = ROBERTA_VOCAB_SIZE, seed: int = 0) -> Path:
+    """A RoBERTa-shaped tokenizer folder (``vocab.json`` + ``merges.txt``) with roberta-base's vocabulary size.
+
+    A byte-level BPE is trained offline on a few thousand made-up prompts, then ``vocab.json`` is padded
+    with unused filler entries up to ``vocab_size``, so the model's embedding table and the bundle's
+    tokenizer have the real sizes (roberta-base's own files cannot be downloaded here).
+    """
+    import json
+    import random
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    syllables = [c + v for c in "bcdfghklmnprstvwz" for v in ("a", "e", "i", "o", "u", "ai")]
+    words = "calm piano fast drums sad violin ambient jazz rock with a the of loud soft melody".split()
+    words += ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(2000)]
+    corpus = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 20))) for _ in range(3000)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=4000, special_tokens=_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    tok.model.save(str(folder))
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    for i in range(len(vocab), vocab_size):
+        vocab[f"<unused{i}>"] = i
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+def write_full_size_run(run_dir: str | Path, tokenizer_dir: str | Path, seed: int = 0) -> Path:
+    """The paper's model at full size (``dera-mos-code``: MuQ-large + roberta-base) with random weights.
+
+    About 455 M parameters (1.8 GB of safetensors); building it takes about a minute on two cores.
+    """
+    from training.config import BackboneConfig
+
+    text = BackboneConfig("roberta", {}, None, str(Path(tokenizer_dir).resolve()))
+    return write_random_run(run_dir, recipe="dera-mos-code", seed=seed, text=text)

@@ -1,17 +1,84 @@
 """The AOTInductor backend: a bundle's compiled packages ``aoti/{audio,text,ta}.pt2``.
 
-Needs torch (``torch._inductor.aoti_load_package``) but not the training code. A package is compiled for
-one torch version, one CPU instruction set or GPU, and one device; a mismatch is refused up front rather
-than failing inside the compiled code.
+Needs torch (``torch._inductor.aoti_load_package``) but not the training code: the weights are inside the
+packages. A package is machine code for one torch version, one device type and, on the CPU, the
+instruction set of the machine that compiled it (or, on CUDA, one GPU architecture); loading it elsewhere
+can crash the process instead of raising, so every mismatch is refused up front, in one line, from the
+manifest alone (:func:`check_compatible`).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from deramos_rt.backends.base import BackendInfo
 from deramos_rt.bundle import GRAPHS
 from deramos_rt.errors import DeramosError
+
+# CPU features compiled code may use (gcc -march=native on the build machine picks from these).
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl",
+             "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_isa(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The :data:`ISA_FLAGS` this CPU has, from the first ``flags`` line of /proc/cpuinfo ([] if unreadable)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags = set(value.split())
+            return [f for f in ISA_FLAGS if f in flags]
+    return []
+
+
+def check_compatible(aoti: dict[str, Any] | None, root, device: str | None, precision: str | None,
+                     torch_version: str, isa: list[str], gpu_capability: str | None) -> str:
+    """The device to run on, or a DeramosError naming the first mismatch.
+
+    Args:
+        aoti: the manifest's ``aoti`` section.
+        root: the bundle folder (for messages).
+        device: the requested device (None: the packages' device).
+        precision: the requested precision (None: the packages').
+        torch_version: this process's ``torch.__version__``.
+        isa: this CPU's :func:`cpu_isa`.
+        gpu_capability: ``"major.minor"`` of the GPU to run on, None when torch sees no GPU.
+    """
+    if not aoti:
+        raise DeramosError(f"bundle {root} has no AOTInductor packages (rebuild it with: python -m "
+                           "export.build_engine --aoti)")
+    built_for = aoti.get("device", "cpu")
+    device = device or built_for
+    if device.split(":")[0] != built_for:
+        raise DeramosError(f"bundle {root}'s AOTInductor packages were compiled for {built_for}, not {device}: "
+                           "use the onnxruntime backend or rebuild the bundle with --aoti-device "
+                           f"{device.split(':')[0]}")
+    if aoti.get("torch_version") != torch_version:
+        raise DeramosError(f"bundle {root}'s AOTInductor packages were compiled by torch {aoti.get('torch_version')}, "
+                           f"this is torch {torch_version}: use the onnxruntime backend or rebuild the bundle")
+    package_precision = aoti.get("precision", "fp32")
+    if precision not in (None, package_precision):
+        raise DeramosError(f"bundle {root}'s AOTInductor packages are {package_precision}, not {precision}")
+    if built_for == "cpu":
+        lacking = [f for f in aoti.get("isa", []) if f not in isa]
+        if lacking:
+            raise DeramosError(f"bundle {root}'s AOTInductor packages were compiled for a CPU with "
+                               f"{', '.join(aoti['isa'])}; this CPU lacks {', '.join(lacking)}: use the onnxruntime "
+                               "backend or rebuild the bundle on this machine")
+    else:
+        if gpu_capability is None:
+            raise DeramosError(f"device {device!r} requested but this torch sees no CUDA GPU")
+        wanted = (aoti.get("gpu") or {}).get("compute_capability")
+        if wanted and wanted != gpu_capability:
+            raise DeramosError(f"bundle {root}'s AOTInductor packages were compiled for GPUs of compute capability "
+                               f"{wanted}, this GPU is {gpu_capability}: rebuild the bundle on this GPU")
+    return device
 
 
 class AotiBackend:
@@ -21,6 +88,10 @@ class AotiBackend:
         bundle: a loaded :class:`deramos_rt.bundle.Bundle` whose manifest has an ``aoti`` section.
         precision: must match the packages' (None: theirs).
         device: must be the packages' device type (None: theirs).
+
+    Raises:
+        DeramosError: no packages, a torch version / device / CPU instruction set / GPU mismatch, or a
+            package that does not load (named).
     """
 
     def __init__(self, bundle, precision: str | None = None, device: str | None = None):
@@ -28,36 +99,36 @@ class AotiBackend:
         import torch._inductor
 
         aoti = bundle.manifest.get("aoti")
-        if not aoti:
-            raise DeramosError(f"bundle {bundle.root} has no AOTInductor packages (rebuild it with AOTI enabled)")
-        built_for = aoti.get("device", "cpu")
-        device = device or built_for
-        if device.split(":")[0] != built_for.split(":")[0]:
-            raise DeramosError(f"bundle {bundle.root}'s AOTInductor packages were compiled for {built_for}, not {device}")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise DeramosError(f"device {device!r} requested but this torch sees no CUDA GPU")
-        if aoti.get("torch_version") and aoti["torch_version"] != torch.__version__:
-            raise DeramosError(f"bundle {bundle.root}'s AOTInductor packages need torch {aoti['torch_version']}, "
-                               f"this is {torch.__version__}: use the onnxruntime backend or rebuild the bundle")
-        package_precision = aoti.get("precision", "fp32")
-        if precision not in (None, package_precision):
-            raise DeramosError(f"bundle {bundle.root}'s AOTInductor packages are {package_precision}, not {precision}")
+        capability = None
+        if torch.cuda.is_available() and (device or (aoti or {}).get("device", "cpu")).startswith("cuda"):
+            index = torch.device(device or "cuda").index or 0
+            capability = "{}.{}".format(*torch.cuda.get_device_capability(index))
+        device = check_compatible(aoti, bundle.root, device, precision, torch.__version__, cpu_isa(), capability)
         self._torch = torch
         self._device = torch.device(device)
         self._graphs = {}
         for graph in GRAPHS:
             path = bundle.path(aoti["files"][graph])
             try:
-                self._graphs[graph] = torch._inductor.aoti_load_package(str(path))
+                if self._device.type == "cuda":
+                    self._graphs[graph] = torch._inductor.aoti_load_package(
+                        str(path), device_index=self._device.index or 0)
+                else:
+                    self._graphs[graph] = torch._inductor.aoti_load_package(str(path))
             except Exception as exc:  # a compiled package fails with RuntimeError or OSError variants
                 raise DeramosError(f"cannot load AOTInductor package {path}: {exc}") from exc
-        self.info = BackendInfo("aoti", package_precision, str(self._device),
-                                f"torch {torch.__version__}, packages for {aoti.get('isa') or built_for}")
+        where = aoti.get("gpu", {}).get("name") if self._device.type == "cuda" else " ".join(aoti.get("isa", []))
+        self.info = BackendInfo("aoti", aoti.get("precision", "fp32"), str(self._device),
+                                f"torch {torch.__version__}, packages for {where or aoti['device']}")
 
     def _run(self, graph: str, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
         torch = self._torch
         tensors = [torch.from_numpy(np.ascontiguousarray(a)).to(self._device) for a in arrays]
-        with torch.inference_mode():
+        # cuDNN convolutions default to TF32 (10-bit mantissa); the packages are fp32 and gated as such,
+        # and the compiled code reads these flags at call time.
+        cudnn = torch.backends.cudnn
+        with torch.inference_mode(), cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                                                 deterministic=cudnn.deterministic, allow_tf32=False):
             out = self._graphs[graph](*tensors)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return tuple(o.float().cpu().numpy() for o in outs)

@@ -30,6 +30,9 @@ def test_bundle_is_complete_and_scores_like_torch(bundle_dir):
                                                         "shape": ["batch", "tokens"]}
     assert [o["name"] for o in manifest["graphs"]["audio"]["outputs"]] == ["mi_probs", "audio_x"]
     assert set(manifest["files"]) == {p.name for p in bundle_dir.iterdir() if p.name != "deramos.json"}
+    # mkdtemp's 0700 is not what a published bundle should keep.
+    assert bundle_dir.stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in bundle_dir.iterdir()} == {0o644}
     assert len(manifest["source"]["config_sha256"]) == 64 and manifest["versions"]["onnxruntime"]
     assert bundle.tokenizer().vocab_size == manifest["text"]["vocab_size"]
     parity = json.loads((bundle_dir / "parity.json").read_text())
@@ -40,6 +43,24 @@ def test_bundle_is_complete_and_scores_like_torch(bundle_dir):
     assert parity["variants"]["fp16"]["status"] == "passed"
 
 
+def test_int8_round_trip_on_a_random_run_is_kept_or_dropped_with_its_reason(tmp_path):
+    """An untrained run's scores barely vary, so int8 may miss its SRCC floor: either outcome must be whole."""
+    run = write_random_run(tmp_path / "run", seed=3)
+    out = build_engine.build_bundle(run, tmp_path / "bundle", ("fp32", "int8"), int8_min_bytes=0,
+                                    parity_files=2, parity_random=6)
+    bundle = load_bundle(out)
+    result = json.loads((out / "parity.json").read_text())["variants"]["int8"]
+    assert result["mi_max_abs"] < 0.5 and result["ta_max_abs"] < 0.5  # int8 ran, near the fp32 scores
+    if result["kept"]:
+        assert result["status"] == "passed" and set(bundle.variants) == {"fp32", "int8"}
+        assert bundle.variants["int8"]["files"]["ta"] == "ta.fp32.onnx"  # the TA graph is shared
+    else:
+        assert result["status"].startswith(("failed: MI ", "failed: TA ")), result["status"]
+        assert set(bundle.variants) == {"fp32"} and not list(out.glob("*.int8.onnx"))
+        assert not any(".int8." in name for name in bundle.manifest["files"])
+
+
+@pytest.mark.slow
 def test_int8_round_trip_on_a_trained_tiny_run(fixture_corpus, tmp_path):
     """int8 is gated on SRCC too, which needs scores that vary: a (briefly) trained run, not random weights."""
     from training import train
