@@ -146,7 +146,9 @@ def protocol_signal(signal: np.ndarray, rate: int, protocol: AudioProtocol) -> n
     if signal.shape[0] == 0:
         raise DeramosError("audio has no samples")
     if signal.ndim == 2 and signal.shape[1] > MAX_CHANNELS:
-        raise DeramosError(f"audio has {signal.shape[1]} channels (at most {MAX_CHANNELS} are read)")
+        hint = (" (arrays are (frames, channels): transpose a (channels, frames) array)"
+                if signal.shape[0] <= MAX_CHANNELS else "")
+        raise DeramosError(f"audio has {signal.shape[1]} channels (at most {MAX_CHANNELS} are read){hint}")
     if not np.all(np.isfinite(signal)):
         raise DeramosError("audio contains NaN or infinite samples")
     if signal.ndim == 2 and protocol.resampler == "torchaudio":
