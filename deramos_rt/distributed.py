@@ -44,6 +44,7 @@ from typing import Iterable
 import numpy as np
 
 from deramos_rt.errors import DeramosError
+from deramos_rt.report import PARTIAL
 
 log = logging.getLogger("deramos.distributed")
 
@@ -85,7 +86,7 @@ class RayJobReport:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.failed + self.failed_before == 0 else 3
+        return 0 if self.failed + self.failed_before == 0 else PARTIAL
 
 
 def import_ray():

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from deramos_rt.errors import DeramosError
+from deramos_rt.report import PARTIAL
 from deramos_rt.pipeline import ClipRequest, make_request
 
 log = logging.getLogger("deramos.io")
@@ -373,7 +374,7 @@ class JobReport:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.failed == 0 else 3
+        return 0 if self.failed == 0 else PARTIAL
 
 
 class Progress:

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 from deramos_rt.errors import DeramosError
 
 log = logging.getLogger("deramos")
+PARTIAL = 3  # exit code of a job that finished and wrote everything, but some items failed
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -59,5 +60,6 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         log.error("INTERRUPTED %s after %.1f s; finished work was kept", prog, time.perf_counter() - start)
         return 130
-    log.info("%s %s (%.1f s)", "OK" if code == 0 else "FAILED", prog, time.perf_counter() - start)
+    verdict = {0: "OK", PARTIAL: "PARTIAL"}.get(code, "FAILED")  # PARTIAL: written, some items failed
+    log.info("%s %s (%.1f s)", verdict, prog, time.perf_counter() - start)
     return code
