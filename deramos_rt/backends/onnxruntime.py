@@ -129,6 +129,10 @@ class OnnxRuntimeBackend:
             providers = self._providers(kind, index, precision, graph)
             self._sessions[graph] = self._session(bundle.graph_path(precision, graph), providers, threads)
             _check_active(kind, self._sessions[graph].get_providers(), graph)
+        # Dynamic int8 quantisation takes one activation scale per tensor, over the whole batch: a clip's
+        # (or prompt's) scores would then depend on its batch mates. Quantised graphs run one item at a time.
+        self._per_item = {g for g in GRAPHS if precision == "int8" and "fp32" in bundle.variants
+                          and bundle.graph_path("int8", g) != bundle.graph_path("fp32", g)}
         active = self._sessions["audio"].get_providers()
         name = "cpu" if kind == "cpu" else f"{kind}:{index}"
         self.info = BackendInfo("onnxruntime", precision, name,
@@ -184,13 +188,29 @@ class OnnxRuntimeBackend:
         wave = np.ascontiguousarray(waveform, dtype=np.float32)
         if wave.ndim != 2:
             raise DeramosError(f"run_audio expects a (batch, samples) waveform array, got shape {wave.shape}")
+        if "audio" in self._per_item and len(wave) > 1:
+            rows = [self._run("audio", {"waveform": wave[i:i + 1]}) for i in range(len(wave))]
+            return tuple(np.concatenate(parts) for parts in zip(*rows))
         mi, audio_x = self._run("audio", {"waveform": wave})
         return mi, audio_x
 
     def run_text(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feed = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
                 "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
+        if "text" in self._per_item:
+            return self._text_per_item(feed["input_ids"], feed["attention_mask"])
         return self._run("text", feed)[0]
+
+    def _text_per_item(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Each prompt alone and without padding (padding positions would enter the quantisation scale)."""
+        rows = []
+        for i in range(len(ids)):
+            real = max(int(mask[i].sum()), 1)
+            rows.append(self._run("text", {"input_ids": ids[i:i + 1, :real], "attention_mask": mask[i:i + 1, :real]})[0])
+        out = np.zeros((len(ids), ids.shape[1], rows[0].shape[-1]), dtype=np.float32)
+        for i, row in enumerate(rows):
+            out[i, : row.shape[1]] = row[0]
+        return out
 
     def run_ta(self, audio_x: np.ndarray, text_x: np.ndarray, text_mask: np.ndarray) -> np.ndarray:
         feed = {"audio_x": np.ascontiguousarray(audio_x, dtype=np.float32),

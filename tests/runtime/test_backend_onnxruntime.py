@@ -124,3 +124,39 @@ def test_profile_shapes_cover_every_dynamic_input(bundle_dir):
     assert options["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
     assert options["trt_profile_max_shapes"] == "input_ids:64x64,attention_mask:64x64"
     assert parse_device("cuda:2") == ("cuda", 2) and parse_device("tensorrt") == ("tensorrt", 0)
+
+
+def test_int8_graphs_give_each_item_the_scores_it_gets_alone(bundle_dir, tmp_path):
+    """Dynamic int8 takes one activation scale per tensor: batched naively, a clip's or prompt's output would
+    depend on its batch mates (and on padding). The backend runs quantised graphs one item at a time."""
+    import json
+
+    from deramos_rt.bundle import MANIFEST, write_manifest
+    from export.quantize import to_int8
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    files = dict(manifest["variants"]["fp32"]["files"])
+    for graph in ("audio", "text"):
+        to_int8(copy / files[graph], copy / f"{graph}.int8.onnx", min_bytes=0)
+        files[graph] = f"{graph}.int8.onnx"
+    manifest["variants"]["int8"] = {**manifest["variants"]["fp32"], "files": files, "device": "cpu"}
+    for key in ("format", "format_version", "files"):
+        manifest.pop(key)
+    write_manifest(copy, manifest)
+    backend = OnnxRuntimeBackend(load_bundle(copy), "int8", "cpu")
+    assert backend._per_item == {"audio", "text"}
+    rng = np.random.default_rng(0)
+    samples = backend.bundle.manifest["audio"]["num_samples"]
+    wave = (rng.standard_normal((3, samples)) * np.array([[0.01], [0.5], [2.0]])).astype(np.float32)
+    mi, audio_x = backend.run_audio(wave)
+    mi_alone, audio_alone = backend.run_audio(wave[:1])
+    np.testing.assert_array_equal(mi[:1], mi_alone)
+    np.testing.assert_array_equal(audio_x[:1], audio_alone)
+    ids = rng.integers(5, 50, size=(2, 9))
+    mask = np.ones_like(ids)
+    mask[0, 4:] = 0
+    both = backend.run_text(ids, mask)
+    alone = backend.run_text(ids[:1, :4], mask[:1, :4])
+    np.testing.assert_array_equal(both[0, :4], alone[0])
