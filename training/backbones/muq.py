@@ -122,9 +122,20 @@ class Conv2dSubsampling(nn.Module):
         return self.linear(x.permute(0, 3, 1, 2).reshape(b, t, c * f))
 
 
-def conformer_config(s: dict[str, int]):
-    """The ``Wav2Vec2ConformerConfig`` of MuQ sizes ``s`` (eager attention: exact and exportable)."""
+def _sizes(s: str | Mapping[str, int]) -> Mapping[str, int]:
+    """A named size (:data:`SIZES`) or explicit sizes (:data:`DIM_KEYS`)."""
+    if isinstance(s, str):
+        if s not in SIZES:
+            raise DeramosError(f"unknown muq size {s!r}; choose one of: {', '.join(SIZES)}")
+        return SIZES[s]
+    return s
+
+
+def conformer_config(s: str | Mapping[str, int]):
+    """The ``Wav2Vec2ConformerConfig`` of a MuQ size or sizes ``s`` (eager attention: exact and exportable)."""
     from transformers import Wav2Vec2ConformerConfig
+
+    s = _sizes(s)
 
     cfg = Wav2Vec2ConformerConfig(
         hidden_size=s["encoder_dim"], num_hidden_layers=s["encoder_depth"], num_attention_heads=s["heads"],
@@ -139,10 +150,11 @@ def conformer_config(s: dict[str, int]):
 class MuQModel(nn.Module):
     """The ``model.*`` part of the published checkpoint that feature extraction uses."""
 
-    def __init__(self, s: dict[str, int]):
+    def __init__(self, s: str | Mapping[str, int]):
         super().__init__()
         from transformers.models.wav2vec2_conformer.modeling_wav2vec2_conformer import Wav2Vec2ConformerEncoder
 
+        s = _sizes(s)
         self.conv = Conv2dSubsampling(s["conv_dim"], s["encoder_dim"])
         self.conformer = Wav2Vec2ConformerEncoder(conformer_config(s))
         self.conformer.pos_conv_embed = None  # built by transformers, never used by MuQ's forward
