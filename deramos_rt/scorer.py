@@ -123,7 +123,6 @@ class _ClipState:
         self.left = 0 if prepared.windows is None else len(prepared.windows)
         self.mi = None
         self.ta = None
-        self.truncated = False
 
 
 class Scorer:
@@ -270,10 +269,9 @@ class Scorer:
             return
         tokens = self.model.tokenizer(new)
         text_x = self.backend.run_text(tokens.input_ids, tokens.attention_mask)
-        truncated = prompt_truncated(self.model.tokenizer, new)
         for i, p in enumerate(new):
             real = int(tokens.attention_mask[i].sum())
-            self._text[p] = (np.array(text_x[i, :real], dtype=np.float32), truncated[i])
+            self._text[p] = (np.array(text_x[i, :real], dtype=np.float32), tokens.truncated[i])
             self.counts["prompts_encoded"] += 1
         while len(self._text) > TEXT_CACHE_SIZE:
             self._text.popitem(last=False)
@@ -307,11 +305,6 @@ class Scorer:
 def _accumulate(total, value, weight: float):
     contribution = np.asarray(value, dtype=np.float64) * weight
     return contribution if total is None else total + contribution
-
-
-def prompt_truncated(tokenizer, prompts: list[str]) -> list[bool]:
-    """Whether each prompt was cut at the tokenizer's limit (its encoding overflowed)."""
-    return tokenizer.truncated(prompts)
 
 
 def system_scores(results: Iterable[ClipScore]) -> dict[str, dict]:

@@ -39,10 +39,12 @@ def tiny_vocab() -> list[str]:
 
 @dataclass(frozen=True)
 class TokenBatch:
-    """Token ids and attention mask (1 = real token), both int64 of shape (B, L)."""
+    """Token ids and attention mask (1 = real token), both int64 of shape (B, L); ``truncated`` says which
+    prompts were cut at the tokenizer's limit."""
 
     input_ids: np.ndarray
     attention_mask: np.ndarray
+    truncated: tuple[bool, ...] = ()
 
 
 class PromptTokenizer:
@@ -65,10 +67,6 @@ class PromptTokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
-    def truncated(self, prompts: list[str]) -> list[bool]:
-        """Whether each prompt was cut at ``max_tokens`` (its encoding overflowed)."""
-        return [bool(e.overflowing) for e in self._tok.encode_batch(list(prompts))]
-
     def save(self, path: str | Path) -> Path:
         """Write the tokenizer as one ``tokenizer.json`` (specials and truncation included)."""
         self._tok.save(str(path))
@@ -87,7 +85,7 @@ class PromptTokenizer:
         for row, enc in enumerate(encodings):
             ids[row, : len(enc.ids)] = enc.ids
             mask[row, : len(enc.ids)] = 1
-        return TokenBatch(ids, mask)
+        return TokenBatch(ids, mask, tuple(bool(enc.overflowing) for enc in encodings))
 
 
 def pad_sequences(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
