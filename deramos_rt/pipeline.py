@@ -114,6 +114,8 @@ def prepare_request(request: ClipRequest, protocol: AudioProtocol, long_audio: s
         return Prepared(request, error=str(exc))
     except MemoryError:
         return Prepared(request, error=f"out of memory decoding {request.path}")
+    except Exception as exc:  # a decoder or resampler failing in a way we did not foresee costs one clip, not the job
+        return Prepared(request, error=f"cannot prepare {request.path or request.id}: {type(exc).__name__}: {exc}")
     return Prepared(request, windows, weights)
 
 

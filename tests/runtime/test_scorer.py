@@ -152,3 +152,15 @@ def test_missing_default_bundle_names_the_build_command(monkeypatch, tmp_path):
     monkeypatch.setenv("DERAMOS_DEFAULT_BUNDLE", str(tmp_path / "nowhere"))
     with pytest.raises(DeramosError, match="export.build_engine --run models/default"):
         Scorer()
+
+
+def test_an_unforeseen_decode_failure_costs_one_clip_not_the_job():
+    import numpy as np
+
+    from deramos_rt.audio import AudioProtocol
+    from deramos_rt.pipeline import make_request, prepare_request
+
+    bad = prepare_request(make_request((np.array(["a", "b"]), 16000, "x"), 0), AudioProtocol(16000, 1.0), "truncate")
+    good = prepare_request(make_request((np.zeros(800, np.float32), 16000, "x"), 1), AudioProtocol(16000, 1.0), "truncate")
+    assert bad.windows is None and "ValueError" in bad.error
+    assert good.error is None and good.windows.shape == (1, 16000)
