@@ -15,6 +15,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def throughput_vs_batch(results: dict, out: Path) -> Path | None:
     """One panel per model: model-only clips/s against batch size, one line per backend row."""
     models = [(n, m) for n, m in results.get("models", {}).items() if m.get("rows")]
@@ -36,11 +43,7 @@ def throughput_vs_batch(results: dict, out: Path) -> Path | None:
         ax.set_xlabel("batch size")
         ax.set_ylabel("clips/s (model only)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "throughput_vs_batch.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "throughput_vs_batch.png")
 
 
 def latency_distribution(results: dict, out: Path) -> Path | None:
@@ -63,11 +66,7 @@ def latency_distribution(results: dict, out: Path) -> Path | None:
     ax.set_yscale("log")
     ax.set_ylabel("latency per batch (ms)")
     ax.legend()
-    fig.tight_layout()
-    path = out / "latency.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "latency.png")
 
 
 def scaling_plot(results: dict, out: Path) -> Path | None:
@@ -91,11 +90,7 @@ def scaling_plot(results: dict, out: Path) -> Path | None:
     right.set_ylim(0, max(p["peak_rss_mb"] for p in points) * 1.3)
     right.set_xlabel("clips")
     right.set_ylabel("peak RSS (MB)")
-    fig.tight_layout()
-    path = out / "scaling.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "scaling.png")
 
 
 def write_all(results: dict, out: Path) -> list[str]:
