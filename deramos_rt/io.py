@@ -239,6 +239,10 @@ class ScoreWriter:
         probs: also write ``mi_probs``, ``ta_probs``.
         resume: continue an existing ``OUT.partial`` or ``OUT`` (skipping its ids).
         overwrite: discard existing output.
+        flush_every: rows written between flushes to disk (what a killed process can lose at most).
+
+    Attributes:
+        done: ids already in the output; failed_before: how many of those rows carry an error.
 
     Raises:
         DeramosError: output exists and neither ``resume`` nor ``overwrite``; resumed output with other
@@ -246,7 +250,7 @@ class ScoreWriter:
     """
 
     def __init__(self, out: str | Path, provenance: dict, probs: bool = False, resume: bool = False,
-                 overwrite: bool = False):
+                 overwrite: bool = False, flush_every: int = FLUSH_ROWS):
         self.out = Path(out)
         self.format = file_format(self.out, "output")
         self.partial = partial_path(self.out)
@@ -254,6 +258,8 @@ class ScoreWriter:
         self.columns = columns(probs)
         self.probs = probs
         self.done: set[str] = set()
+        self.failed_before = 0
+        self.flush_every = max(1, int(flush_every))
         self._prepare_existing(resume, overwrite)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         fresh = not self.partial.exists() or self.partial.stat().st_size == 0
@@ -305,6 +311,7 @@ class ScoreWriter:
                 raise DeramosError(f"cannot resume {path}: it was scored with model {row['bundle']}, this run "
                                    f"uses {self.provenance['bundle']}; use --overwrite or another --out")
             self.done.add(str(row["id"]))
+            self.failed_before += bool(row.get("error"))
 
     def write(self, result) -> None:
         record = result_record(result, self.provenance, self.probs)
@@ -314,6 +321,8 @@ class ScoreWriter:
             self._file.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
         self.done.add(result.id)
         self._unflushed += 1
+        if self._unflushed >= self.flush_every:
+            self.flush()
 
     def flush(self) -> None:
         self._file.flush()
@@ -402,7 +411,8 @@ def score_requests(scorer, requests: Iterable[ClipRequest], out: str | Path, tot
                    probs: bool = False, overwrite: bool = False, progress_stream=None) -> JobReport:
     """Score clip requests into ``out`` (resumable; see the module docstring)."""
     start = time.perf_counter()
-    writer = ScoreWriter(out, scorer.provenance, probs=probs, resume=resume, overwrite=overwrite)
+    writer = ScoreWriter(out, scorer.provenance, probs=probs, resume=resume, overwrite=overwrite,
+                         flush_every=min(scorer.batch_size, FLUSH_ROWS))
     skipped = len(writer.done)
     todo = (r for r in requests if r.id not in writer.done)
     progress = Progress(max(total - skipped, 0), stream=progress_stream)
@@ -414,27 +424,13 @@ def score_requests(scorer, requests: Iterable[ClipRequest], out: str | Path, tot
             failed += result.error is not None
             scored += result.error is None
             progress.update(result.error is not None)
-            if writer._unflushed >= scorer.batch_size or writer._unflushed >= FLUSH_ROWS:
-                writer.flush()
     except BaseException:
         writer.abort()
         raise
     final = writer.finish()
-    failed += _failed_before(final, writer, skipped)
+    failed += writer.failed_before
     return JobReport(final, summarize(final), total, skipped, scored, failed,
                      scorer.counts["prompts_truncated"] - truncated_before, time.perf_counter() - start)
-
-
-def _failed_before(final: Path, writer: ScoreWriter, skipped: int) -> int:
-    """Failures among the rows a resumed run found already written (they count towards the exit code)."""
-    if not skipped:
-        return 0
-    failed = 0
-    for number, row in enumerate(read_rows(final)):
-        if number >= skipped:
-            break
-        failed += bool(row.get("error"))
-    return failed
 
 
 def score_manifest(scorer, manifest: str | Path, out: str | Path, resume: bool = True, probs: bool = False,

@@ -50,6 +50,8 @@ def test_exit_codes_failed_clips_and_refused_jobs(tiny_bundle, clips, tmp_path):
     assert main(["score", str(tmp_path / "nocol.csv"), "--out", str(tmp_path / "t.csv"), *common]) == 2
     assert not (tmp_path / "t.csv.partial").exists()
     assert main(["score", str(bad), "--out", str(tmp_path / "s.csv"), *common]) == 2  # exists, no --resume
+    # A resumed job whose earlier rows hold failures still reports them (nothing new to score).
+    assert main(["score", str(bad), "--out", str(tmp_path / "s.csv"), "--resume", *common]) == 3
     assert main(["score", str(bad), "--out", str(tmp_path / "u.csv"), "--bundle", str(tmp_path)]) == 2
 
 
