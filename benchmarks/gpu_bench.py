@@ -7,7 +7,7 @@ Models (random weights: the cost does not depend on their values):
 
 * ``muq-roberta``: the paper's MuQ-large + RoBERTa-base (recipe ``dera-mos-code``), tokenizer from
   :func:`benchmarks.models.write_roberta_tokenizer`.
-* ``default``: the built-in model's architecture (``models/default/config.json``) with the MiniLM text
+* ``default``: the built-in model's architecture (``deramos_rt/model_data/default/config.json``) with the MiniLM text
   encoder rebuilt as a BERT of MiniLM-L6's shape (6 layers, 384 wide, 30,522 tokens) with RANDOM weights,
   because the MiniLM package cannot be carried to the GPU machine; its tokenizer is a WordPiece over the tiny
   vocabulary padded to 30,522 entries.
@@ -187,7 +187,7 @@ def make_run(run: Run, name: str):
             write_roberta_tokenizer(run_dir / "tokenizer")
             config.model.text.tokenizer = str(run_dir / "tokenizer")
     else:
-        config = RunConfig.from_json(REPO / "models" / "default" / "config.json")
+        config = RunConfig.from_json(REPO / "deramos_rt" / "model_data" / "default" / "config.json")
         folder = minilm_shaped_folder(run_dir / "minilm-shaped", run.dry)
         config.model.text.name, config.model.text.weights = "bert", None
         config.model.text.options = {"config_dir": str(folder)}
@@ -432,7 +432,7 @@ def _e2e(run: Run, run_dir: Path, files: list[Path], batch: int) -> dict:
     workers = min(12, max(1, (os.cpu_count() or 2) - 2))
     items = [(str(p), f"prompt number {i % 8}") for i, p in enumerate(files)]
     with Scorer(str(run_dir), backend="torch", device=run.device, precision=precision, batch_size=batch,
-                workers=workers) as scorer:
+                decode_workers=workers) as scorer:
         scorer.score(items[:batch])  # warm-up (and the prompt cache, as in a long job)
         scorer._text.clear()
         encoded_before = int(scorer.counts["prompts_encoded"])

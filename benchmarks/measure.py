@@ -146,14 +146,14 @@ def open_scorer(source: Path, backend: str, precision: str | None, batch_size: i
     """A Scorer on ``source`` (bundle or run directory); imported here so the harness loads without it."""
     from deramos_rt.scorer import Scorer
 
-    return Scorer(str(source), backend=backend, device=device, batch_size=batch_size, workers=workers,
+    return Scorer(str(source), backend=backend, device=device, batch_size=batch_size, decode_workers=workers,
                   precision=precision, threads=threads)
 
 
 def _warm(scorer, num_samples: int, batch: int) -> None:
     """One batch of silence through the audio graph and one prompt through the text graph (not cached)."""
     out = scorer.backend.run_audio(np.zeros((batch, num_samples), np.float32))
-    tokens = scorer.model.tokenizer(["warm up"])
+    tokens = scorer.tokenizer(["warm up"])
     text_x = scorer.backend.run_text(tokens.input_ids, tokens.attention_mask)
     scorer.backend.run_ta(out[1], np.repeat(text_x, batch, axis=0), np.repeat(tokens.attention_mask, batch, axis=0))
 
@@ -176,7 +176,7 @@ def scorer_row(name: str, source: Path, backend: str, precision: str | None, bat
     start = time.perf_counter()
     scorer = open_scorer(source, backend, precision, batch_size, workers, device=device)
     open_seconds = time.perf_counter() - start
-    protocol = scorer.model.protocol
+    protocol = scorer.protocol
     try:
         _warm(scorer, protocol.num_samples, batch_size)
         timed = _Timed(scorer.backend)
@@ -308,7 +308,7 @@ t0 = time.perf_counter()
 import deramos_rt
 t1 = time.perf_counter()
 from deramos_rt.scorer import Scorer
-scorer = Scorer(sys.argv[1], backend=sys.argv[2], device="cpu", workers=0)
+scorer = Scorer(sys.argv[1], backend=sys.argv[2], device="cpu", decode_workers=0)
 t2 = time.perf_counter()
 [r] = scorer.score([(sys.argv[3], "a calm piano piece")])
 t3 = time.perf_counter()
@@ -334,12 +334,12 @@ def startup(bundle: Path, backend: str, clip: str) -> dict:
 
 def scaling_point(source: Path, backend: str, precision: str | None, batch: int, items) -> dict:
     """Stream ``items`` through a fresh Scorer (results tallied, not kept): seconds, clips/s, peak RSS."""
-    from deramos_rt.scorer import SystemTally
+    from deramos_rt.scorefile import SystemTally
 
     reset_peak_rss()
     scorer = open_scorer(source, backend, precision, batch)
     try:
-        _warm(scorer, scorer.model.protocol.num_samples, batch)
+        _warm(scorer, scorer.protocol.num_samples, batch)
         rss_before = peak_rss_mb()
         tally = SystemTally()
         count = 0

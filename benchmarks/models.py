@@ -1,6 +1,6 @@
 """The models the benchmark report measures, prepared as run directories and bundles, and its clips.
 
-* ``default``: the built-in model (``models/default``); its bundle is ``models/default-bundle`` when
+* ``default``: the built-in model (``deramos_rt/model_data/default``); its bundle is the user's cached one when
   setup.sh built it, else one is built into the work folder.
 * ``clap-roberta`` and ``muq-roberta``: the recipes ``clap-roberta`` and ``dera-mos-code`` with RANDOM
   weights (``training.model.build_model(config, load_weights=False)``), saved as run directories. Random
@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from deramos_rt import models as builtin
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_RUN = REPO / "models" / "default"
-DEFAULT_BUNDLE = REPO / "models" / "default-bundle"
+DEFAULT_RUN = builtin.run_dir(builtin.DEFAULT)
 ROBERTA_VOCAB = 50265
 PROMPTS = (
     "A calm piano piece with a slow tempo.",
@@ -34,6 +35,14 @@ PROMPTS = (
     "happy folk song with acoustic guitar and flute",
     "fast dance track with a heavy beat",
 )
+
+
+def default_bundle() -> Path | None:
+    """The built-in model's bundle in the user's cache, when setup.sh (or a first use) built it."""
+    from deramos_rt.bundle import is_bundle
+
+    path = builtin.bundle_path(builtin.DEFAULT)
+    return path if is_bundle(path) else None
 
 
 @dataclass
@@ -65,7 +74,7 @@ class ModelSpec:
 def model_specs(names: list[str], clips: int | None, quick: bool) -> list[ModelSpec]:
     """The specs asked for, with their default clip counts (``clips`` overrides every model's)."""
     known = {
-        "default": ModelSpec("default", "built-in default model (models/default)", None, 24 if quick else 64),
+        "default": ModelSpec("default", "built-in default model (deramos_rt/model_data/default)", None, 24 if quick else 64),
         "clap-roberta": ModelSpec("clap-roberta", "CLAP HTSAT-base + RoBERTa-base (random weights)", "clap-roberta",
                                   8 if quick else 16, (1, 8)),
         "muq-roberta": ModelSpec("muq-roberta", "MuQ-large + RoBERTa-base, the paper's model (random weights)",
@@ -142,7 +151,7 @@ def prepare(spec: ModelSpec, work: Path, precisions=("fp32", "int8"), log=print,
         return spec  # given on the command line (--bundle)
     if spec.recipe is None:
         spec.run_dir = DEFAULT_RUN
-        spec.bundle_dir = DEFAULT_BUNDLE if is_bundle(DEFAULT_BUNDLE) else work / "default-bundle"
+        spec.bundle_dir = default_bundle() or work / "default-bundle"
     else:
         start = time.perf_counter()
         spec.run_dir = random_run(spec.recipe, work / f"{spec.name}-run")

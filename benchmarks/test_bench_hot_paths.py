@@ -3,7 +3,7 @@
 decode + resample of one file, the audio front end, the audio graph per backend (torch eager, ONNX Runtime
 fp32 / int8 where the bundle has it), prompt encoding with and without the Scorer's cache, and one
 end-to-end batch from files. ``pytest benchmarks --benchmark-only`` (JSON saved under .benchmarks/).
-The default model's bundle is ``models/default-bundle`` (setup.sh) or the report's cached build.
+The default model's bundle is the user's cached one (setup.sh: python -m deramos_rt.models) or the report's build.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.models import DEFAULT_BUNDLE, DEFAULT_RUN, PROMPTS, items_for, write_clips
+from benchmarks.models import DEFAULT_RUN, PROMPTS, default_bundle, items_for, write_clips
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 8
@@ -22,10 +22,10 @@ BATCH = 8
 def _bundle() -> Path:
     from deramos_rt.bundle import is_bundle
 
-    for path in (DEFAULT_BUNDLE, REPO / ".cache" / "bench" / "default-bundle"):
+    for path in (default_bundle() or REPO / ".cache" / "bench" / "default-bundle", REPO / ".cache" / "bench" / "default-bundle"):
         if is_bundle(path):
             return path
-    pytest.skip("no default bundle: python -m export.build_engine --run models/default --out models/default-bundle")
+    pytest.skip("no default bundle: python -m deramos_rt.models default")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def _scorer(backend: str, precision: str | None = None):
 
         if precision not in load_bundle(source, verify=False).variants:
             pytest.skip(f"the bundle has no {precision} graphs (dropped by its parity gate or not built)")
-    return Scorer(str(source), backend=backend, precision=precision, batch_size=BATCH, workers=2)
+    return Scorer(str(source), backend=backend, precision=precision, batch_size=BATCH, decode_workers=2)
 
 
 def test_decode_and_resample(benchmark, clips, torch_parts):
@@ -81,7 +81,7 @@ def test_front_end(benchmark, torch_parts):
 @pytest.mark.parametrize("backend,precision", [("torch", None), ("onnxruntime", "fp32"), ("onnxruntime", "int8")])
 def test_audio_graph(benchmark, backend, precision):
     with _scorer(backend, precision) as scorer:
-        wave = np.zeros((BATCH, scorer.model.protocol.num_samples), np.float32)
+        wave = np.zeros((BATCH, scorer.protocol.num_samples), np.float32)
         mi, audio_x = benchmark(scorer.backend.run_audio, wave)
     assert mi.shape[0] == audio_x.shape[0] == BATCH
 

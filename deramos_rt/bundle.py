@@ -33,7 +33,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -54,6 +54,17 @@ def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def files_sha256(paths) -> str:
+    """One sha256 over the contents of several files, in the order given (a missing file counts as empty)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        if Path(path).is_file():
+            with open(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -90,6 +101,12 @@ class Bundle:
     root: Path
     manifest: dict[str, Any] = field(repr=False)
     sha256: str
+    kind: ClassVar[str] = "bundle"
+
+    @property
+    def identity(self) -> str:
+        """The bundle's id in score files: the first 16 hex characters of the manifest's sha256."""
+        return self.sha256[:16]
 
     @property
     def protocol(self) -> AudioProtocol:

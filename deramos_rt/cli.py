@@ -1,6 +1,7 @@
 """The ``deramos-rt`` command: ``score``, ``info`` and ``compare``.
 
-``deramos-rt score MANIFEST --out scores.csv`` scores every clip of a manifest (see ``deramos_rt.io``);
+``deramos-rt score MANIFEST --out scores.csv`` scores every clip of a manifest (``deramos_rt.manifest``) into a
+score file (``deramos_rt.scorefile``);
 ``deramos-rt score --musiceval DIR --split test --out ...`` scores a MusicEval split and prints the
 utterance- and system-level metrics against its labels. Exit codes: 0 every clip scored, 3 some clips
 failed (each has its error in the output), 2 the job could not start, 130 interrupted (finished clips are
@@ -10,15 +11,14 @@ kept in ``OUT.partial``; rerun with ``--resume``).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import sys
 from pathlib import Path
 
-from deramos_rt.errors import DeramosError
-from deramos_rt.report import run_cli, setup_logging, step, versions
+from deramos_rt.console import run_cli, setup_logging, step, versions
+from deramos_rt.errors import EXIT_OK, DeramosError
 
-log = logging.getLogger("deramos")
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,12 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--musiceval", metavar="DIR", help="score a MusicEval-layout folder instead of a manifest")
     score.add_argument("--split", default="test", choices=["train", "dev", "test"], help="MusicEval split")
     score.add_argument("--out", required=True, help="score file, .csv or .jsonl")
-    score.add_argument("--bundle", help="bundle folder or training run directory (default: the built-in model)")
+    score.add_argument("--bundle", help="bundle folder, training run directory or built-in model name "
+                       "(default: the built-in model 'default')")
     score.add_argument("--backend", default="auto", choices=NAMES)
     score.add_argument("--device", help="cpu, cuda, cuda:N (default: the backend's choice)")
     score.add_argument("--precision", choices=["fp32", "int8", "fp16", "bf16"])
     score.add_argument("--batch-size", type=int, help="windows per inference call (default 8 CPU / 32 GPU)")
-    score.add_argument("--workers", type=int, help="decode threads (default: up to 4)")
+    score.add_argument("--decode-workers", "--workers", dest="decode_workers", type=int,
+                       help="threads that decode and resample clips (default: up to 4)")
     score.add_argument("--threads", type=int, help="CPU threads for the backend")
     score.add_argument("--long-audio", default="truncate", choices=LONG_AUDIO,
                        help="truncate (the paper's protocol) or windows (weighted mean over clip-length windows)")
@@ -55,10 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --ray: CPUs per actor (also its backend threads unless --threads)")
     score.add_argument("--format", choices=["csv", "parquet"], default="csv", help="with --ray: per-clip file format")
     sub.add_parser("info", help="backends, providers, devices, versions and what is missing")
-    if importlib.util.find_spec("deramos_rt.compare") is not None:
-        from deramos_rt import compare
-
-        compare.add_arguments(sub.add_parser("compare", help="compare systems from a score file"))
+    add_compare_arguments(sub.add_parser("compare", help="compare systems from a score file"))
     return parser
 
 
@@ -70,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "info":
         return run_cli("deramos-rt", info)
     if args.command == "compare":
-        from deramos_rt import compare
-
-        return run_cli("deramos-rt", lambda: compare.run(args))
+        return run_cli("deramos-rt", lambda: run_compare(args))
     return run_cli("deramos-rt", lambda: score(args))
 
 
@@ -81,14 +78,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _requests(args):
     """(clip requests, count, MusicEval clips or None), all checked before any work."""
-    from deramos_rt import io
+    from deramos_rt.manifest import check_manifest, iter_manifest
 
     if (args.manifest is None) == (args.musiceval is None):
         raise DeramosError("give either a MANIFEST or --musiceval DIR (not both)")
     if args.musiceval is None:
         with step("check manifest") as info:
-            info["clips"] = total = io.check_manifest(args.manifest)
-        return io.iter_manifest(args.manifest), total, None
+            info["clips"] = total = check_manifest(args.manifest)
+        return iter_manifest(args.manifest), total, None
     from deramos_rt.musiceval import read_split
     from deramos_rt.pipeline import ClipRequest
 
@@ -102,23 +99,24 @@ def _requests(args):
 
 def score(args: argparse.Namespace) -> int:
     """The ``score`` subcommand."""
-    from deramos_rt import io
+    from deramos_rt.jobs import score_requests
+    from deramos_rt.scorefile import file_format
     from deramos_rt.scorer import Scorer
 
     if args.ray is not None:
         return score_ray(args)
-    io.file_format(args.out, "output")
+    file_format(args.out, "output")
     requests, total, musiceval = _requests(args)
     log.info("versions: %s", versions())
     with step("open backend") as info:
         scorer = Scorer(args.bundle, backend=args.backend, device=args.device, batch_size=args.batch_size,
-                        workers=args.workers, long_audio=args.long_audio, precision=args.precision,
+                        decode_workers=args.decode_workers, long_audio=args.long_audio, precision=args.precision,
                         threads=args.threads)
         backend = scorer.backend.info
         info.update(backend=backend.name, precision=backend.precision, device=backend.device)
-    log.info("backend detail: %s; model %s; batch %d", backend.detail, scorer.model.identity, scorer.batch_size)
+    log.info("backend detail: %s; model %s; batch %d", backend.detail, scorer.source.identity, scorer.batch_size)
     with step("score") as info:
-        report = io.score_requests(scorer, requests, args.out, total, resume=args.resume, probs=args.probs,
+        report = score_requests(scorer, requests, args.out, total, resume=args.resume, probs=args.probs,
                                    overwrite=args.overwrite, progress_stream=sys.stderr)
         rate = report.scored / report.seconds if report.seconds > 0 else 0.0
         info.update(clips=total - report.skipped, skipped=report.skipped, failed=report.failed,
@@ -136,8 +134,8 @@ def score(args: argparse.Namespace) -> int:
 
 def print_musiceval_metrics(out: Path, clips) -> dict:
     """Utterance- and system-level MSE / LCC / SRCC / KTAU of the scored clips against their labels."""
-    from deramos_rt.io import read_rows
     from deramos_rt.metrics import mos_metrics
+    from deramos_rt.scorefile import read_rows
 
     labels = {c.wav_id: c for c in clips}
     results = {}
@@ -177,19 +175,57 @@ def score_ray(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> None:
-    """``--report DIR``: run the comparison on the finished score file, when that module is installed."""
-    if importlib.util.find_spec("deramos_rt.compare") is None:
-        log.warning("--report: deramos_rt.compare is not available in this installation; no report written")
-        return
-    from deramos_rt import compare
-
+    """``--report DIR``: run the comparison on the finished score file."""
     parser = argparse.ArgumentParser(prog="deramos-rt compare")
-    compare.add_arguments(parser)
+    add_compare_arguments(parser)
     argv = [str(args.out), "--out", str(args.report)]
     if args.musiceval:
         argv += ["--musiceval", str(args.musiceval), "--split", args.split]
     with step("report"):
-        compare.run(parser.parse_args(argv))
+        run_compare(parser.parse_args(argv))
+
+
+# ---------------------------------------------------------------------------------------------- compare
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``compare`` arguments to a (sub)parser."""
+    parser.add_argument("scores", help="score file of `deramos-rt score` (.csv or .jsonl) or a "
+                        "predictions_<split>.csv of training.evaluate")
+    parser.add_argument("--out", required=True, help="report folder (report.html, report.md, results.json)")
+    parser.add_argument("--labels", default=None, help="human MOS list 'wavID,MI,TA' (MusicEval format)")
+    parser.add_argument("--musiceval", default=None, help="MusicEval-layout folder (labels from --split)")
+    parser.add_argument("--split", default=None, choices=["train", "dev", "test"],
+                        help="split of --musiceval whose labels to use")
+    parser.add_argument("--baseline", default=None, help="compare each system with this one only")
+    parser.add_argument("--metric", default="mi,ta", help="comma-separated: mi, ta or mi,ta")
+    parser.add_argument("--resamples", type=int, default=10000, help="bootstrap / permutation resamples")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Run ``compare`` from parsed arguments; write the report; return the exit code."""
+    from deramos_rt.compare import NO_DIFFERENCE, compare, musiceval_labels
+    from deramos_rt.compare_report import write_report
+
+    labels = args.labels
+    if args.musiceval is not None or args.split is not None:
+        if labels is not None or args.musiceval is None or args.split is None:
+            raise DeramosError("give either --labels FILE or both --musiceval DIR and --split S")
+        labels = musiceval_labels(args.musiceval, args.split)
+    metrics = tuple(m.strip().lower() for m in args.metric.split(",") if m.strip())
+    results = compare(args.scores, labels=labels, baseline=args.baseline, metrics=metrics,
+                      resamples=args.resamples, seed=args.seed)
+    paths = write_report(results, args.out, Path(args.scores).parent)
+    for metric in metrics:
+        for pair in results["pairs"].get(metric, []):
+            if pair["verdict"] != NO_DIFFERENCE:
+                print(f"{metric.upper()}: {pair['verdict']} (diff {pair['diff']:+.3f}, "
+                      f"Holm p {pair['p_holm']:.3g})")
+        if metric in results["power"]:
+            print(results["power"][metric]["line"])
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------------------------------------- info
@@ -207,9 +243,9 @@ def _version(module: str) -> str:
 def info() -> int:
     """The ``info`` subcommand: what can run here, and what is missing for the rest."""
     from deramos_rt import __version__
-    from deramos_rt.backends import BACKENDS, missing_packages, ort_providers
+    from deramos_rt.backends import BACKENDS, missing_packages
+    from deramos_rt import models
     from deramos_rt.bundle import is_bundle
-    from deramos_rt.scorer import DEFAULT_BUNDLE, BUILD_DEFAULT
 
     print(f"deramos_rt {__version__}; {versions()}")
     for dist in ("numpy", "soundfile", "soxr", "tokenizers", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt"):
@@ -220,9 +256,11 @@ def info() -> int:
             print(f"backend {name:12s} missing: {', '.join(missing)} (install extra: {spec.extra})")
             continue
         print(f"backend {name:12s} available; {_backend_detail(name)}")
-    default = DEFAULT_BUNDLE
-    print(f"default model bundle: {default} " + ("(present)" if is_bundle(default) else f"(missing: {BUILD_DEFAULT})"))
-    return 0
+    for name in models.BUILTIN:
+        path = models.bundle_path(name)
+        state = "built" if is_bundle(path) else f"not built yet: built on first use, or now with python -m deramos_rt.models {name}"
+        print(f"built-in model {name!r}: bundle {path} ({state})")
+    return EXIT_OK
 
 
 def _backend_detail(name: str) -> str:

@@ -23,8 +23,6 @@ This module imports numpy only at import time; scipy and matplotlib load when us
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import logging
 import math
@@ -37,8 +35,9 @@ import numpy as np
 
 from deramos_rt.errors import DeramosError
 from deramos_rt.metrics import mos_metrics, system_id
+from deramos_rt.scorefile import numbered_rows
 
-log = logging.getLogger("deramos.compare")
+log = logging.getLogger(__name__)
 
 METRICS = ("mi", "ta")
 ALPHA = 0.05
@@ -91,17 +90,8 @@ def _probs(value, where: str) -> np.ndarray | None:
 
 
 def _rows(path: Path) -> list[tuple[str, dict]]:
-    """``(where, row)`` per data row of a CSV or JSONL file."""
-    if not path.is_file():
-        raise DeramosError(f"score file not found: {path}")
-    if path.suffix.lower() == ".jsonl":
-        from deramos_rt.io import jsonl_objects
-
-        return [(f"{path}:{n}", row) for n, row in jsonl_objects(path, "score file")]
-    if path.suffix.lower() != ".csv":
-        raise DeramosError(f"score file must end in .csv or .jsonl: {path}")
-    with path.open(encoding="utf-8", newline="") as f:
-        return [(f"{path}:{n}", row) for n, row in enumerate(csv.DictReader(f), start=2)]
+    """``(where, row)`` per data row of a CSV or JSONL score file."""
+    return numbered_rows(path)
 
 
 def read_scores(path: str | Path) -> list[Clip]:
@@ -643,45 +633,3 @@ def _metric_analysis(result: dict, systems: dict, metric: str, baseline: str | N
         result["power"][metric] = prompts_needed(closest, systems, metric, len(tested))
     elif names and len(names) < 2:
         notes.append(f"{metric.upper()}: fewer than two systems with scores: nothing to compare.")
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``compare`` arguments to a (sub)parser."""
-    parser.add_argument("scores", help="score file of `deramos-rt score` (.csv or .jsonl) or a "
-                        "predictions_<split>.csv of training.evaluate")
-    parser.add_argument("--out", required=True, help="report folder (report.html, report.md, results.json)")
-    parser.add_argument("--labels", default=None, help="human MOS list 'wavID,MI,TA' (MusicEval format)")
-    parser.add_argument("--musiceval", default=None, help="MusicEval-layout folder (labels from --split)")
-    parser.add_argument("--split", default=None, choices=["train", "dev", "test"],
-                        help="split of --musiceval whose labels to use")
-    parser.add_argument("--baseline", default=None, help="compare each system with this one only")
-    parser.add_argument("--metric", default="mi,ta", help="comma-separated: mi, ta or mi,ta")
-    parser.add_argument("--resamples", type=int, default=10000, help="bootstrap / permutation resamples")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``compare`` from parsed arguments; write the report; return the exit code."""
-    from deramos_rt.compare_report import write_report
-
-    labels = args.labels
-    if args.musiceval is not None or args.split is not None:
-        if labels is not None or args.musiceval is None or args.split is None:
-            raise DeramosError("give either --labels FILE or both --musiceval DIR and --split S")
-        labels = musiceval_labels(args.musiceval, args.split)
-    metrics = tuple(m.strip().lower() for m in args.metric.split(",") if m.strip())
-    results = compare(args.scores, labels=labels, baseline=args.baseline, metrics=metrics,
-                      resamples=args.resamples, seed=args.seed)
-    paths = write_report(results, args.out, Path(args.scores).parent)
-    for metric in metrics:
-        for pair in results["pairs"].get(metric, []):
-            if pair["verdict"] != NO_DIFFERENCE:
-                print(f"{metric.upper()}: {pair['verdict']} (diff {pair['diff']:+.3f}, "
-                      f"Holm p {pair['p_holm']:.3g})")
-        if metric in results["power"]:
-            print(results["power"][metric]["line"])
-    print("wrote " + ", ".join(str(p) for p in paths))
-    return 0

@@ -2,7 +2,7 @@
 
 ``score_dataset(manifest, out, ...)`` (and ``deramos-rt score MANIFEST --out DIR --ray [ADDRESS]``) runs::
 
-    manifest (deramos_rt.io, checked completely on the driver)
+    manifest (deramos_rt.manifest, checked completely on the driver)
       -> ray.data.from_items                       one row per clip still to score
       -> map_batches(decode_batch)                 Ray tasks: pipeline.prepare_request, the single-process decode
       -> map_batches(ScoreActor, concurrency=N)    actors, each loads the model once (CPU or GPU per actor)
@@ -43,16 +43,12 @@ from typing import Iterable
 
 import numpy as np
 
-from deramos_rt.errors import DeramosError
-from deramos_rt.report import PARTIAL
+from deramos_rt.errors import EXIT_OK, EXIT_PARTIAL, DeramosError
+from deramos_rt.scorefile import BASE_COLUMNS, PROB_COLUMNS, PROVENANCE, columns, write_rows, write_summary
 
-log = logging.getLogger("deramos.distributed")
+log = logging.getLogger(__name__)
 
 FILE_FORMATS = ("csv", "parquet")
-BASE_COLUMNS = ("id", "path", "system", "prompt", "mi", "ta", "error")
-PROB_COLUMNS = ("mi_probs", "ta_probs")
-PROVENANCE = ("backend", "precision", "bundle", "deramos_rt")
-SUMMARY_COLUMNS = ("system", "clips", "failed", "mi_n", "mi_mean", "ta_n", "ta_mean")
 SCORES_DIR = "scores"
 SUMMARY_FILE = "systems.csv"
 # Fault injection for the tests only: when this names an existing file, the first actor batch that
@@ -86,7 +82,7 @@ class RayJobReport:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.failed + self.failed_before == 0 else PARTIAL
+        return EXIT_OK if self.failed + self.failed_before == 0 else EXIT_PARTIAL
 
 
 def import_ray():
@@ -97,11 +93,6 @@ def import_ray():
     except ImportError as exc:
         raise DeramosError(f"{INSTALL_HINT} ({exc})") from exc
     return ray
-
-
-def columns(probs: bool) -> tuple[str, ...]:
-    """The per-clip columns, in order."""
-    return BASE_COLUMNS + (PROB_COLUMNS if probs else ()) + PROVENANCE
 
 
 # ---------------------------------------------------------------------------------------- the stages
@@ -166,11 +157,11 @@ class ScoreActor:
         from deramos_rt.scorer import Scorer
 
         self.scorer = Scorer(bundle, **options)
-        if self.scorer.model.identity != identity:
-            raise DeramosError(f"the model at {bundle} on this node is {self.scorer.model.identity}, the driver's is "
+        if self.scorer.source.identity != identity:
+            raise DeramosError(f"the model at {bundle} on this node is {self.scorer.source.identity}, the driver's is "
                                f"{identity}: every node must see the same bundle (shared storage)")
         self.provenance = self.scorer.provenance
-        self.num_samples = self.scorer.model.protocol.num_samples
+        self.num_samples = self.scorer.protocol.num_samples
         self.probs = probs
         self.file_format = file_format
 
@@ -244,7 +235,7 @@ def _existing_format(scores: Path) -> str | None:
 
 def _read_part(path: Path) -> list[dict]:
     if path.suffix == ".csv":
-        from deramos_rt.io import read_rows
+        from deramos_rt.scorefile import read_rows
 
         try:
             return list(read_rows(path))
@@ -262,7 +253,7 @@ def _repair_torn(scores: Path, file_format: str) -> None:
     """Make the output readable after a killed run: cut a torn CSV tail, set aside a footerless Parquet."""
     for path in part_files(scores, file_format):
         if file_format == "csv":
-            from deramos_rt.io import complete_records
+            from deramos_rt.scorefile import complete_records
 
             data = path.read_bytes()
             keep = complete_records(data, True)
@@ -383,11 +374,11 @@ def model_identity(ray, bundle, backend: str, device: str | None, gpus_per_actor
     A bundle is read here (its manifest, files verified); a run directory needs the model itself, so
     one Ray task opens it, with an actor's resources.
     """
-    from deramos_rt.scorer import resolve_source
+    from deramos_rt.source import resolve_source
 
     source = resolve_source(bundle, backend)
-    if not isinstance(source, Path):
-        return source.protocol, source.sha256[:16]
+    if source.kind == "bundle":
+        return source.protocol, source.identity
     task = ray.remote(_probe_model).options(num_cpus=1, num_gpus=gpus_per_actor)
     return ray.get(task.remote(bundle, backend, device))
 
@@ -395,8 +386,8 @@ def model_identity(ray, bundle, backend: str, device: str | None, gpus_per_actor
 def _probe_model(bundle, backend: str, device: str | None):
     from deramos_rt.scorer import Scorer
 
-    with Scorer(bundle, backend=backend, device=device, workers=0) as scorer:
-        return scorer.model.protocol, scorer.model.identity
+    with Scorer(bundle, backend=backend, device=device, decode_workers=0) as scorer:
+        return scorer.protocol, scorer.source.identity
 
 
 # ------------------------------------------------------------------------------------------- the job
@@ -412,7 +403,7 @@ def score_dataset(manifest, out, bundle=None, actors: int = 2, gpus_per_actor: f
     """Score a manifest on Ray Data: decode in Ray tasks, score on a pool of Scorer actors.
 
     Args:
-        manifest: CSV or JSONL manifest (``deramos_rt.io``); relative clip paths are relative to it.
+        manifest: CSV or JSONL manifest (``deramos_rt.manifest``); relative clip paths are relative to it.
         out: output folder: ``scores/`` (per-clip files) and ``systems.csv``.
         bundle: bundle folder or run directory, the same path on every node (None: the built-in model).
         actors: Scorer actors (each loads the model once).
@@ -440,12 +431,12 @@ def score_dataset(manifest, out, bundle=None, actors: int = 2, gpus_per_actor: f
         DeramosError: Ray missing, a bad argument or manifest, output that cannot be resumed, a cluster
             too small for the actors, or clips missing from the output after the run.
     """
-    from deramos_rt import io
+    from deramos_rt.manifest import check_manifest, iter_manifest
 
     start = time.perf_counter()
     _check_arguments(actors, gpus_per_actor, cpus_per_actor, file_format, long_audio, rows_per_file, max_restarts)
     manifest = Path(manifest).resolve()  # workers may run elsewhere: give them absolute clip paths
-    total = io.check_manifest(manifest)
+    total = check_manifest(manifest)
     out = Path(out).resolve()
     _refuse_existing(out / SCORES_DIR, resume, overwrite)  # before starting Ray: fail fast
     ray, started = ray_session(address, actors * cpus_per_actor + decode_cpus, temp_dir)
@@ -454,12 +445,12 @@ def score_dataset(manifest, out, bundle=None, actors: int = 2, gpus_per_actor: f
         protocol, identity = model_identity(ray, bundle, backend, device, gpus_per_actor)
         before = prepare_output(out, file_format, probs, identity, resume, overwrite)
         done = {str(row["id"]) for row in before}
-        todo = [_row(r) for r in io.iter_manifest(manifest) if r.id not in done]
+        todo = [_row(r) for r in iter_manifest(manifest) if r.id not in done]
         # CPU actors stay on the CPU even on a node with GPUs (those belong to the GPU actors).
         device = device or (None if gpus_per_actor else "cpu")
         options = {"backend": backend, "device": device, "precision": precision, "batch_size": batch_size,
                    "threads": threads or (None if gpus_per_actor else max(1, int(cpus_per_actor))),
-                   "workers": 0, "long_audio": long_audio}
+                   "decode_workers": 0, "long_audio": long_audio}
         if todo:
             _run_pipeline(ray, todo, out / SCORES_DIR, protocol, bundle, identity, options, probs, file_format,
                           actors, cpus_per_actor, gpus_per_actor, decode_cpus, rows_per_file, max_restarts)
@@ -543,65 +534,17 @@ def _check_complete(rows: list[dict], todo: list[dict], scores: Path) -> None:
                            f"{missing[0]!r}); run the job again to resume them")
 
 
-def _number(value) -> float | None:
-    return None if value in (None, "") else float(value)
-
-
-def write_summary(rows: list[dict], path: Path) -> Path:
-    """The per-system summary of the rows (``deramos_rt.io``'s summary columns) as CSV, written atomically."""
-    from deramos_rt.scorer import SystemTally
-
-    tally, provenance = SystemTally(), {}
-    for row in rows:
-        system, error = str(row.get("system") or ""), row.get("error") or None
-        tally.add(system, _number(row.get("mi")), _number(row.get("ta")), error)
-        provenance = {k: row.get(k) for k in PROVENANCE}
-    tmp = path.with_name(path.name + ".partial")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tmp.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(SUMMARY_COLUMNS + PROVENANCE)
-        for system, values in tally.summary().items():
-            record = {"system": system, **values, **provenance}
-            writer.writerow([_cell(record.get(c)) for c in SUMMARY_COLUMNS + PROVENANCE])
-    os.replace(tmp, path)
-    return path
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (list, np.ndarray)):
-        return json.dumps([float(v) for v in value])
-    return str(value)
-
-
-def write_report(rows: list[dict], report_dir: Path, probs: bool) -> Path | None:
-    """The comparison report of ``deramos_rt.compare`` in ``report_dir`` (None when not installed).
+def write_report(rows: list[dict], report_dir: Path, probs: bool) -> Path:
+    """The comparison report (:mod:`deramos_rt.compare`) of the rows, in ``report_dir``.
 
     The comparison reads one score file, so the rows are first gathered into ``report_dir/scores.csv``.
     """
-    import importlib.util
+    from deramos_rt.compare import compare
+    from deramos_rt.compare_report import write_report as write_comparison
 
-    if importlib.util.find_spec("deramos_rt.compare") is None:
-        log.warning("report: deramos_rt.compare is not available in this installation; no report written")
-        return None
-    import argparse
-
-    from deramos_rt import compare
-
-    report_dir.mkdir(parents=True, exist_ok=True)
     merged = report_dir / "scores.csv"
-    cols = columns(probs)
-    with merged.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(cols)
-        writer.writerows([_cell(row.get(c)) for c in cols] for row in sorted(rows, key=lambda r: str(r["id"])))
-    parser = argparse.ArgumentParser(prog="deramos-rt compare")
-    compare.add_arguments(parser)
-    compare.run(parser.parse_args([str(merged), "--out", str(report_dir)]))
+    write_rows(merged, sorted(rows, key=lambda r: str(r["id"])), columns(probs))
+    write_comparison(compare(merged), report_dir, report_dir)
     return report_dir
 
 
@@ -630,7 +573,7 @@ def benchmark(manifest, bundle=None, actors: Iterable[int] = (1, 2), repeat: int
     """
     import tempfile
 
-    from deramos_rt import io
+    from deramos_rt.jobs import score_manifest
     from deramos_rt.scorer import Scorer
 
     work = Path(work or tempfile.mkdtemp(prefix="deramos-ray-bench-"))
@@ -639,7 +582,7 @@ def benchmark(manifest, bundle=None, actors: Iterable[int] = (1, 2), repeat: int
     rows = []
     start = time.perf_counter()
     with Scorer(bundle, threads=threads) as scorer:
-        io.score_manifest(scorer, copies, work / "single.csv", overwrite=True)
+        score_manifest(scorer, copies, work / "single.csv", overwrite=True)
     rows.append(_timing(f"single process ({threads or 'default'} threads)", clips, time.perf_counter() - start))
     ray, started = ray_session(None, max(actors) + 0.5, temp_dir)  # 1 CPU per actor + decoding
     try:
@@ -653,7 +596,7 @@ def benchmark(manifest, bundle=None, actors: Iterable[int] = (1, 2), repeat: int
 
 
 def _repeat_manifest(manifest, out: Path, repeat: int) -> int:
-    from deramos_rt import io
+    from deramos_rt.manifest import iter_manifest
 
     out.parent.mkdir(parents=True, exist_ok=True)
     count = 0
@@ -661,7 +604,7 @@ def _repeat_manifest(manifest, out: Path, repeat: int) -> int:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["id", "path", "system", "prompt"])
         for copy in range(repeat):
-            for request in io.iter_manifest(Path(manifest).resolve()):
+            for request in iter_manifest(Path(manifest).resolve()):
                 writer.writerow([f"{request.id}~{copy}", request.path, request.system, request.prompt])
                 count += 1
     return count

@@ -19,26 +19,17 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
-import os
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from deramos_rt.audio import LONG_AUDIO
 from deramos_rt.errors import DeramosError
-from deramos_rt.pipeline import ClipRequest, Prepared, make_request, prepared_stream
+from deramos_rt.pipeline import Prepared, make_request, prepared_stream
 
-log = logging.getLogger("deramos.scorer")
+log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_BUNDLE = REPO / "models" / "default-bundle"
-DEFAULT_RUN = REPO / "models" / "default"
-BUILD_DEFAULT = ("python -m export.build_engine --run models/default --out models/default-bundle "
-                 "--precision fp32,int8")
 EMPTY_PROMPT = "empty prompt: TA not scored (MI given)"
 TEXT_CACHE_SIZE = 2048
 
@@ -69,50 +60,6 @@ class ClipScore:
     windows: int = 0
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the Scorer needs to know about a model, from a bundle's manifest or a run directory."""
-
-    protocol: object
-    tokenizer: object
-    head: str
-    bins: np.ndarray | None
-    identity: str
-
-
-def resolve_source(bundle, backend: str):
-    """A loaded :class:`~deramos_rt.bundle.Bundle`, or a run directory ``Path`` (torch backend).
-
-    Raises:
-        DeramosError: the default bundle is missing (naming the command that builds it), or the path is
-            neither a bundle nor a run directory.
-    """
-    from deramos_rt.bundle import is_bundle, load_bundle
-
-    if bundle is None:
-        if backend == "torch" and not os.environ.get("DERAMOS_DEFAULT_BUNDLE"):
-            return DEFAULT_RUN
-        path = Path(os.environ.get("DERAMOS_DEFAULT_BUNDLE") or DEFAULT_BUNDLE)
-        if not is_bundle(path):
-            raise DeramosError(f"the built-in default model's bundle is missing ({path}); build it with: "
-                               f"{BUILD_DEFAULT} (setup.sh does this), or score the run directory with "
-                               "backend 'torch'")
-        return load_bundle(path)
-    path = Path(bundle)
-    if is_bundle(path):
-        return load_bundle(path)
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        return path
-    raise DeramosError(f"{path} is neither a bundle (no deramos.json) nor a training run directory "
-                       "(config.json + model.safetensors)")
-
-
-def _facts(source, backend) -> ModelFacts:
-    if isinstance(source, Path):
-        return ModelFacts(backend.protocol, backend.tokenizer, backend.head, backend.bins, backend.identity[:16])
-    return ModelFacts(source.protocol, source.tokenizer(), source.head, source.bins, source.sha256[:16])
-
-
 class _ClipState:
     """Accumulates a clip's window outputs until every window is in."""
 
@@ -129,12 +76,13 @@ class Scorer:
     """Scores clips with a DeRA-MOS model.
 
     Args:
-        bundle: a bundle folder, a training run directory, or None for the built-in default model
-            (``models/default-bundle``; ``$DERAMOS_DEFAULT_BUNDLE`` overrides).
+        model: a bundle folder, a training run directory, a built-in model's name (``"default"``), or None
+            for the built-in default model (its bundle is built into the user's cache folder on first use;
+            ``$DERAMOS_DEFAULT_BUNDLE`` names another bundle for it).
         backend: ``auto``, ``onnxruntime``, ``tensorrt``, ``aoti`` or ``torch`` (run directories).
         device: ``cpu``, ``cuda``, ``cuda:N`` (None: the backend's choice).
         batch_size: windows per inference call (None: 8 on CPU, 32 on GPU).
-        workers: decode threads (None: up to 4; 0: decode on the calling thread).
+        decode_workers: threads that decode and resample clips (None: up to 4; 0: on the calling thread).
         long_audio: ``truncate`` (the paper's protocol: the first clip-length seconds) or ``windows``.
         precision: ``fp32``, ``int8``, ``fp16`` or ``bf16`` where the backend has it (None: its default).
         threads: CPU threads for the backend (None: its default).
@@ -146,23 +94,25 @@ class Scorer:
         print(clip.mi, clip.ta)
     """
 
-    def __init__(self, bundle=None, backend: str = "auto", device: str | None = None,
-                 batch_size: int | None = None, workers: int | None = None, long_audio: str = "truncate",
+    def __init__(self, model=None, backend: str = "auto", device: str | None = None,
+                 batch_size: int | None = None, decode_workers: int | None = None, long_audio: str = "truncate",
                  precision: str | None = None, threads: int | None = None):
         from deramos_rt.backends import open_backend
+        from deramos_rt.source import resolve_source
 
         if long_audio not in LONG_AUDIO:
             raise DeramosError(f"unknown long_audio {long_audio!r}; choose one of: {', '.join(LONG_AUDIO)}")
         if batch_size is not None and int(batch_size) < 1:
             raise DeramosError(f"batch_size must be at least 1, got {batch_size}")
-        if workers is not None and int(workers) < 0:
-            raise DeramosError(f"workers must be 0 or more, got {workers}")
-        self.source = resolve_source(bundle, backend)
+        if decode_workers is not None and int(decode_workers) < 0:
+            raise DeramosError(f"decode_workers must be 0 or more, got {decode_workers}")
+        self.source = resolve_source(model, backend)
         self.backend = open_backend(backend, self.source, device, precision, threads)
-        self.model = _facts(self.source, self.backend)
+        self.tokenizer = self.source.tokenizer()
+        self.protocol = self.source.protocol
         on_gpu = self.backend.info.device.startswith(("cuda", "tensorrt"))
         self.batch_size = int(batch_size) if batch_size else (32 if on_gpu else 8)
-        self.workers = workers
+        self.decode_workers = decode_workers
         self.long_audio = long_audio
         self._text: collections.OrderedDict[str, tuple[np.ndarray, bool]] = collections.OrderedDict()
         self.counts = collections.Counter()
@@ -173,7 +123,7 @@ class Scorer:
         from deramos_rt import __version__
 
         info = self.backend.info
-        return {"backend": info.name, "precision": info.precision, "bundle": self.model.identity,
+        return {"backend": info.name, "precision": info.precision, "bundle": self.source.identity,
                 "deramos_rt": __version__}
 
     def close(self) -> None:
@@ -199,14 +149,14 @@ class Scorer:
     def iter_scores(self, items: Iterable) -> Iterator[ClipScore]:
         """Like :meth:`score`, but streamed: memory stays flat in the number of items."""
         requests = (make_request(item, i) for i, item in enumerate(items))
-        stream = prepared_stream(requests, self.model.protocol, self.long_audio, self.workers,
+        stream = prepared_stream(requests, self.protocol, self.long_audio, self.decode_workers,
                                  prefetch=max(4 * self.batch_size, 16))
         yield from self._score_prepared(stream)
 
     def score_manifest(self, manifest, out, resume: bool = True, probs: bool = False,
                        overwrite: bool = False) -> dict:
-        """Stream a manifest (CSV / JSONL) to a score file; see :func:`deramos_rt.io.score_manifest`."""
-        from deramos_rt.io import score_manifest
+        """Stream a manifest (CSV / JSONL) to a score file; see :func:`deramos_rt.jobs.score_manifest`."""
+        from deramos_rt.jobs import score_manifest
 
         return score_manifest(self, manifest, out, resume=resume, probs=probs, overwrite=overwrite)
 
@@ -267,7 +217,7 @@ class Scorer:
                 self._text.move_to_end(p)
         if not new:
             return
-        tokens = self.model.tokenizer(new)
+        tokens = self.tokenizer(new)
         text_x = self.backend.run_text(tokens.input_ids, tokens.attention_mask)
         for i, p in enumerate(new):
             real = int(tokens.attention_mask[i].sum())
@@ -297,8 +247,8 @@ class Scorer:
         return out
 
     def _expected(self, value: np.ndarray) -> tuple[float, list[float] | None]:
-        if self.model.head == "distribution":
-            return float(value @ self.model.bins), [float(v) for v in value]
+        if self.source.head == "distribution":
+            return float(value @ self.source.bins), [float(v) for v in value]
         return float(value), None
 
 
@@ -314,30 +264,9 @@ def system_scores(results: Iterable[ClipScore]) -> dict[str, dict]:
         ``{system: {"clips", "failed", "mi_n", "mi_mean", "ta_n", "ta_mean"}}`` (means None when nothing
         was scored), systems in first-seen order.
     """
+    from deramos_rt.scorefile import SystemTally
+
     tally = SystemTally()
     for r in results:
         tally.add(r.system, r.mi, r.ta, r.error)
     return tally.summary()
-
-
-class SystemTally:
-    """Streaming per-system sums (memory flat in the number of clips)."""
-
-    def __init__(self):
-        self._rows: dict[str, list] = {}
-
-    def add(self, system: str, mi: float | None, ta: float | None, error: str | None) -> None:
-        row = self._rows.setdefault(system or "", [0, 0, 0, 0.0, 0, 0.0])
-        row[0] += 1
-        row[1] += bool(error)
-        if mi is not None and math.isfinite(mi):
-            row[2] += 1
-            row[3] += mi
-        if ta is not None and math.isfinite(ta):
-            row[4] += 1
-            row[5] += ta
-
-    def summary(self) -> dict[str, dict]:
-        return {s: {"clips": c, "failed": f, "mi_n": mn, "mi_mean": ms / mn if mn else None,
-                    "ta_n": tn, "ta_mean": ts / tn if tn else None}
-                for s, (c, f, mn, ms, tn, ts) in self._rows.items()}

@@ -31,9 +31,9 @@ from typing import Any, Sequence
 
 from deramos_rt.bundle import GRAPHS, PRECISIONS, is_bundle, load_bundle, write_manifest
 from deramos_rt.errors import DeramosError
-from deramos_rt.report import run_cli, setup_logging, step
+from deramos_rt.console import run_cli, setup_logging, step
 
-log = logging.getLogger("deramos.export")
+log = logging.getLogger(__name__)
 TENSORRT_MODES = ("auto", "require", "off")
 VARIANT_DEVICE = {"fp32": "any", "int8": "cpu", "fp16": "cuda"}
 

@@ -114,7 +114,7 @@ def check_variant(bundle, precision: str, inputs, reference, asked: bool) -> dic
 
         device = "cuda" if CUDA_EP in ort.get_available_providers() else "cpu"
     try:
-        backend = OnnxRuntimeBackend(bundle, precision, device, allow_fp16_cpu=precision == "fp16")
+        backend = OnnxRuntimeBackend(bundle, device, precision, allow_fp16_cpu=precision == "fp16")
         start = time.perf_counter()
         got = verify.backend_scores(backend, inputs, bundle.tokenizer(), bundle.bins)
         seconds = time.perf_counter() - start

@@ -79,8 +79,8 @@ def check_engines(bundle, precision: str, inputs: dict[str, dict[str, np.ndarray
     from deramos_rt.backends.onnxruntime import OnnxRuntimeBackend
     from deramos_rt.backends.tensorrt import TensorRTBackend
 
-    ort_backend = OnnxRuntimeBackend(bundle, "fp32", "cpu")
-    trt_backend = TensorRTBackend(bundle, precision, "cuda", rebuild=False)
+    ort_backend = OnnxRuntimeBackend(bundle, "cpu", "fp32")
+    trt_backend = TensorRTBackend(bundle, "cuda", precision, rebuild=False)
     errors = {}
     for graph, feed in inputs.items():
         ref = getattr(ort_backend, f"run_{graph}")(*feed.values())

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from deramos_rt.errors import DeramosError
-from deramos_rt.report import run_cli, setup_logging, step
+from deramos_rt.console import run_cli, setup_logging, step
 
-log = logging.getLogger("deramos.ablation")
+log = logging.getLogger(__name__)
 SETTINGS = {
     "CE-Gauss": ["--lambda-balr", "0", "--lambda-sama", "0"],
     "+ BALR (0.01)": ["--lambda-balr", "0.01", "--lambda-sama", "0"],

@@ -1,4 +1,4 @@
-"""Rebuild the built-in default model (``models/default``) from demo corpora of several seeds.
+"""Rebuild the built-in default model (``deramos_rt/model_data/default``) from demo corpora of several seeds.
 
 ``python -m training.build_default --work /tmp/dm [--steps render merge train evaluate write] [--seeds 1984]``
 
@@ -15,7 +15,7 @@ The recipe (docs/default-model.md):
    ``demo-minilm``); each keeps its best epoch on the development corpora.
 4. **evaluate** every run on the held-out test corpus (``training.evaluate``), for the record only.
 5. **write** the run with the best development selection score to ``--model`` (default
-   ``models/default``): its ``config.json``, ``model.safetensors``, and ``metrics.json`` with the
+   ``deramos_rt/model_data/default``): its ``config.json``, ``model.safetensors``, and ``metrics.json`` with the
    held-out figures and the recipe added.
 """
 
@@ -32,9 +32,9 @@ import sys
 from pathlib import Path
 
 from deramos_rt.errors import DeramosError
-from deramos_rt.report import run_cli, setup_logging, step
+from deramos_rt.console import run_cli, setup_logging, step
 
-log = logging.getLogger("deramos.build_default")
+log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 # (role, corpus seed, clips): the role decides where a corpus's clips go, whatever its own split lists say.
 CORPORA = [("train", 101, 1200), ("train", 102, 1200), ("train", 103, 1200), ("dev", 201, 600), ("test", 301, 600)]
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
     p.add_argument("--recipe", default="demo-minilm")
     p.add_argument("--seeds", type=int, nargs="+", default=[1984], help="training seeds (one run each)")
-    p.add_argument("--model", default=str(ROOT / "models" / "default"), help="folder to write the chosen run to")
+    p.add_argument("--model", default=str(ROOT / "deramos_rt" / "model_data" / "default"), help="folder to write the chosen run to")
     p.add_argument("--train-args", default="", help="extra training.train arguments, e.g. '--epochs 30'")
     return p.parse_args(argv)
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from deramos_rt.errors import DeramosError
-from deramos_rt.report import run_cli, setup_logging, step
+from deramos_rt.console import run_cli, setup_logging, step
 
-log = logging.getLogger("deramos.democorpus")
+log = logging.getLogger(__name__)
 SR = 16000  # MusicEval's rate
 SOUNDFONTS = ("/usr/share/sounds/sf2/TimGM6mb.sf2", "/usr/share/sounds/sf2/FluidR3_GM.sf2",
               "/usr/share/sounds/sf2/default-GM.sf2")

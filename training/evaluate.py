@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from deramos_rt.errors import DeramosError
-from deramos_rt.report import run_cli, setup_logging, step
+from deramos_rt.console import run_cli, setup_logging, step
 from training.data import Clip, Corpus
 
-log = logging.getLogger("deramos.evaluate")
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()

@@ -21,13 +21,13 @@ import shutil
 from pathlib import Path
 
 from deramos_rt.errors import DeramosError
-from deramos_rt.report import run_cli, setup_logging, step
+from deramos_rt.console import run_cli, setup_logging, step
 from training.cache import file_sha256
 from training.checkpoint import load_state_file, save_run_model, write_json
 from training.config import RunConfig
 from training.research import VARIANTS, import_state_dict, split_state
 
-log = logging.getLogger("deramos.import")
+log = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from deramos_rt.errors import DeramosError
-from deramos_rt.report import run_cli, setup_logging, step
+from deramos_rt.console import run_cli, setup_logging, step
+from deramos_rt.models import DEFAULT, run_dir
 
-log = logging.getLogger("deramos.quickstart")
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+log = logging.getLogger(__name__)
+DEFAULT_MODEL = run_dir(DEFAULT)
 QUICKSTART_SEED = 20261124  # not the training corpus seed: these clips are new to the model
 
 

@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 
 from deramos_rt.errors import DeramosError
-from deramos_rt.report import run_cli, setup_logging, step, versions
+from deramos_rt.console import run_cli, setup_logging, step, versions
 from training.cache import DEFAULT_CACHE
 from training.config import LOSS_KINDS, RunConfig, list_recipes, load_recipe
 
-log = logging.getLogger("deramos.train")
+log = logging.getLogger(__name__)
 RESUME_FILE = "resume.pt"
 RUN_FILES = (RESUME_FILE, "model.safetensors", "metrics.json", "config.json")
 EARLY_STOP_RULE = ("patience resets when the dev loss, the dev system MI SRCC or the selection score "

@@ -1,9 +1,10 @@
 """Backend registry and the ``auto`` choice.
 
 Backends are named here by module path only, so importing this package loads no inference library; a
-backend's module imports its library when it is opened. :func:`open_backend` turns (source, name, device,
-precision) into an open backend; ``auto`` tries the fastest candidates first and logs which one it took
-and why each faster one was passed over.
+backend's module imports its library when it is opened. Every backend class has one constructor,
+``Backend(source, device=None, precision=None, threads=None)``, and fills in its own defaults.
+:func:`open_backend` turns (name, source, device, precision, threads) into an open backend; ``auto`` tries
+the fastest candidates first and logs which one it took and why each faster one was passed over.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from deramos_rt.errors import DeramosError
 
-log = logging.getLogger("deramos.backends")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class BackendSpec:
         module, cls: the class that implements it.
         packages: importable modules it needs.
         extra: the pip extra that installs them.
-        source: ``"bundle"`` or ``"run"`` (a training run directory).
+        source: the model source kind it runs: ``"bundle"`` or ``"run"`` (a training run directory).
     """
 
     module: str
@@ -108,40 +109,34 @@ def gpu_present() -> bool:
 
 def open_backend(name: str, source, device: str | None = None, precision: str | None = None,
                  threads: int | None = None):
-    """Open backend ``name`` on ``source`` (a :class:`deramos_rt.bundle.Bundle` or a run directory Path).
+    """Open backend ``name`` on ``source`` (a bundle or a run source, see :mod:`deramos_rt.source`).
 
     Args:
         name: a key of :data:`BACKENDS` or ``"auto"``.
-        source: a loaded bundle, or a run directory (torch only).
-        device: ``cpu``, ``cuda``, ``cuda:N`` or None (the backend's best).
+        source: a loaded :class:`~deramos_rt.bundle.Bundle` or a :class:`~deramos_rt.source.RunSource`.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or None (the backend's default).
         precision: ``fp32``, ``int8``, ``fp16``, ``bf16`` or None (the backend's default).
         threads: CPU threads for the backend (None: its default).
 
     Raises:
         DeramosError: unknown name, missing package, source of the wrong kind, or nothing works (auto).
     """
-    is_run = isinstance(source, Path)
     if name == "auto":
-        return _auto(source, is_run, device, precision, threads)
+        return _auto(source, device, precision, threads)
     if name not in BACKENDS:
         raise DeramosError(f"unknown backend {name!r}; choose one of: {', '.join(NAMES)}")
     wanted = BACKENDS[name].source
-    if wanted == "run" and not is_run:
-        raise DeramosError(f"backend {name!r} runs a training run directory, not a bundle ({source.root}); "
-                           "pass --bundle RUN_DIR or choose onnxruntime / aoti / tensorrt")
-    if wanted == "bundle" and is_run:
-        raise DeramosError(f"backend {name!r} runs a bundle, but {source} is a run directory: build one with "
-                           f"python -m export.build_engine --run {source} --out BUNDLE, or use --backend torch")
-    cls = backend_class(name)
-    return _construct(name, cls, source, device, precision, threads)
+    if wanted != source.kind:
+        raise DeramosError(_wrong_kind(name, source))
+    return backend_class(name)(source, device=device, precision=precision, threads=threads)
 
 
-def _construct(name, cls, source, device, precision, threads):
-    if name == "onnxruntime":
-        return cls(source, precision or "fp32", device or "cpu", threads or 0)
-    if name == "torch":
-        return cls(source, device=device, precision=precision)
-    return cls(source, precision=precision, device=device)
+def _wrong_kind(name: str, source) -> str:
+    if source.kind == "bundle":
+        return (f"backend {name!r} runs a training run directory, not a bundle ({source.root}); "
+                "pass --bundle RUN_DIR or choose onnxruntime / aoti / tensorrt")
+    return (f"backend {name!r} runs a bundle, but {source.root} is a run directory: build one with "
+            f"python -m export.build_engine --run {source.root} --out BUNDLE, or use --backend torch")
 
 
 def _auto_candidates(bundle, device: str | None, precision: str | None) -> list[tuple[str, str, str, str]]:
@@ -171,9 +166,9 @@ def _parity_held(variant: dict) -> bool:
     return isinstance(parity, dict) and parity.get("status") == "passed"
 
 
-def _auto(source, is_run: bool, device, precision, threads):
-    if is_run:
-        log.info("auto: backend torch (%s is a training run directory; build a bundle for a faster backend)", source)
+def _auto(source, device, precision, threads):
+    if source.kind == "run":
+        log.info("auto: backend torch (%s is a training run directory; build a bundle for a faster backend)", source.root)
         return open_backend("torch", source, device, precision, threads)
     passed = []
     for name, dev, prec, why in _auto_candidates(source, device, precision):

@@ -86,17 +86,20 @@ class AotiBackend:
 
     Args:
         bundle: a loaded :class:`deramos_rt.bundle.Bundle` whose manifest has an ``aoti`` section.
-        precision: must match the packages' (None: theirs).
         device: must be the packages' device type (None: theirs).
+        precision: must match the packages' (None: theirs).
+        threads: torch's CPU threads while the backend is open (None: torch's default).
 
     Raises:
         DeramosError: no packages, a torch version / device / CPU instruction set / GPU mismatch, or a
             package that does not load (named).
     """
 
-    def __init__(self, bundle, precision: str | None = None, device: str | None = None):
+    def __init__(self, bundle, device: str | None = None, precision: str | None = None, threads: int | None = None):
         import torch
         import torch._inductor
+
+        from deramos_rt.backends.torch import TorchThreads
 
         aoti = bundle.manifest.get("aoti")
         capability = None
@@ -117,6 +120,7 @@ class AotiBackend:
                     self._graphs[graph] = torch._inductor.aoti_load_package(str(path))
             except Exception as exc:  # a compiled package fails with RuntimeError or OSError variants
                 raise DeramosError(f"cannot load AOTInductor package {path}: {exc}") from exc
+        self._threads = TorchThreads(torch, threads)
         where = aoti.get("gpu", {}).get("name") if self._device.type == "cuda" else " ".join(aoti.get("isa", []))
         self.info = BackendInfo("aoti", aoti.get("precision", "fp32"), str(self._device),
                                 f"torch {torch.__version__}, packages for {where or aoti['device']}")
@@ -146,3 +150,4 @@ class AotiBackend:
 
     def close(self) -> None:
         self._graphs = {}
+        self._threads.restore()

@@ -100,9 +100,9 @@ class OnnxRuntimeBackend:
 
     Args:
         bundle: a loaded :class:`deramos_rt.bundle.Bundle`.
-        precision: ``fp32``, ``int8`` (CPU only) or ``fp16`` (GPU only).
-        device: ``cpu``, ``cuda``, ``cuda:N``, ``tensorrt`` or ``tensorrt:N``.
-        threads: intra-op threads per session (0 = ONNX Runtime's default, one per core).
+        device: ``cpu`` (default), ``cuda``, ``cuda:N``, ``tensorrt`` or ``tensorrt:N``.
+        precision: ``fp32`` (default), ``int8`` (CPU only) or ``fp16`` (GPU only).
+        threads: intra-op threads per session (None or 0: ONNX Runtime's default, one per core).
         cache_dir: where the TensorRT provider keeps its engine and timing caches.
         allow_fp16_cpu: let fp16 graphs run on the CPU provider (export parity checks only: slow, and
             not a serving configuration).
@@ -112,14 +112,15 @@ class OnnxRuntimeBackend:
             provider is not active, or an unreadable graph file (named).
     """
 
-    def __init__(self, bundle: Bundle, precision: str = "fp32", device: str = "cpu", threads: int = 0,
-                 cache_dir: str | Path | None = None, allow_fp16_cpu: bool = False):
+    def __init__(self, bundle: Bundle, device: str | None = None, precision: str | None = None,
+                 threads: int | None = None, *, cache_dir: str | Path | None = None, allow_fp16_cpu: bool = False):
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise DeramosError(f"the onnxruntime backend needs ONNX Runtime: {INSTALL_HINT}") from exc
         self._ort = ort
         self.bundle = bundle
+        device, precision, threads = device or "cpu", precision or "fp32", threads or 0
         kind, index = parse_device(device)
         _check_precision(bundle, precision, "cuda" if allow_fp16_cpu and precision == "fp16" else kind)
         self._cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(bundle)

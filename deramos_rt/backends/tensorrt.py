@@ -139,8 +139,9 @@ class TensorRTBackend:
 
     Args:
         bundle: a loaded bundle.
-        precision: ``fp16`` or ``fp32``.
-        device: ``cuda`` or ``cuda:N``.
+        device: ``cuda`` (default) or ``cuda:N``.
+        precision: ``fp16`` (default) or ``fp32``.
+        threads: unused (the engines run on the GPU); accepted so every backend opens the same way.
         rebuild: rebuild engines from the ONNX graphs when the bundle has none for this TensorRT / GPU.
         cache_dir: where rebuilt engines are kept (default ``~/.cache/deramos_rt/tensorrt/<bundle>``).
 
@@ -148,8 +149,9 @@ class TensorRTBackend:
         DeramosError: TensorRT or CUDA unusable, or no engine for this machine and ``rebuild`` is off.
     """
 
-    def __init__(self, bundle: Bundle, precision: str = "fp16", device: str = "cuda", rebuild: bool = True,
-                 cache_dir: str | Path | None = None):
+    def __init__(self, bundle: Bundle, device: str | None = None, precision: str | None = None,
+                 threads: int | None = None, *, rebuild: bool = True, cache_dir: str | Path | None = None):
+        device, precision = device or "cuda", precision or "fp16"
         kind, index = parse_device(device)
         if kind != "cuda":
             raise DeramosError(f"the tensorrt backend runs on cuda devices, not {device!r}")

@@ -8,9 +8,6 @@ softmax and LayerNorm in fp32.
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import numpy as np
 
 from deramos_rt.backends.base import BackendInfo
@@ -19,34 +16,34 @@ from deramos_rt.errors import DeramosError
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
-def run_identity(run_dir: Path) -> str:
-    """sha256 over the run's config and weights files (what the torch backend scores with)."""
-    digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        path = run_dir / name
-        if path.is_file():
-            with path.open("rb") as f:
-                while chunk := f.read(1 << 22):
-                    digest.update(chunk)
-    return digest.hexdigest()
+class TorchThreads:
+    """Sets torch's intra-op thread count while a backend is open and restores it on close."""
+
+    def __init__(self, torch, threads: int | None):
+        self._torch, self._previous = torch, None
+        if threads:
+            self._previous = torch.get_num_threads()
+            torch.set_num_threads(int(threads))
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            self._torch.set_num_threads(self._previous)
+            self._previous = None
 
 
 class TorchBackend:
     """Eager torch on a run directory.
 
     Args:
-        run_dir: a training run directory (``config.json`` + ``model.safetensors``).
+        source: a :class:`deramos_rt.source.RunSource` (a training run directory).
         device: ``cpu``, ``cuda`` or ``cuda:N``; None picks CUDA when torch sees a GPU.
         precision: ``fp32`` (default), or ``fp16`` / ``bf16`` on CUDA.
-
-    Besides the backend interface it exposes what a bundle's manifest would: ``protocol``, ``tokenizer``,
-    ``head``, ``bins`` and ``identity``.
+        threads: torch's CPU threads while the backend is open (None: torch's default).
     """
 
-    def __init__(self, run_dir: str | Path, device: str | None = None, precision: str | None = None):
+    def __init__(self, source, device: str | None = None, precision: str | None = None,
+                 threads: int | None = None):
         import torch
-        from training.checkpoint import load_run
-        from training.model import build_tokenizer
         from training.split import split_model
 
         self._torch = torch
@@ -58,18 +55,14 @@ class TorchBackend:
             raise DeramosError(f"torch backend precision {precision} needs a CUDA device, got {device!r}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise DeramosError(f"device {device!r} requested but this torch ({torch.__version__}) sees no CUDA GPU")
-        run_dir = Path(run_dir)
-        model, run_config = load_run(run_dir, device=device)
+        model, _ = source.model()
+        model.to(device)
         self.audio_part, self.text_part, self.ta_part = split_model(model)
-        config = run_config.model
-        self.protocol = model.audio_protocol
-        self.tokenizer = build_tokenizer(model)
-        self.head = config.head
-        self.bins = np.linspace(config.bin_min, config.bin_max, config.num_bins) if config.head == "distribution" else None
-        self.identity = run_identity(run_dir)
         self._device = torch.device(device)
         self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-        self.info = BackendInfo("torch", precision, str(self._device), f"torch {torch.__version__}, eager, run {run_dir}")
+        self._threads = TorchThreads(torch, threads)
+        self.info = BackendInfo("torch", precision, str(self._device),
+                                f"torch {torch.__version__}, eager, run {source.root}")
 
     def _run(self, module, *arrays: np.ndarray):
         torch = self._torch
@@ -93,3 +86,4 @@ class TorchBackend:
 
     def close(self) -> None:
         self.audio_part = self.text_part = self.ta_part = None
+        self._threads.restore()

@@ -39,12 +39,12 @@ def main(out: Path) -> int:
         path = out / f"c{i}.wav"
         sf.write(path, (0.2 * rng.standard_normal(16000 * (i + 1))).astype(np.float32), 16000)
         clips.append((str(path), prompt))
-    got = Scorer(bundle, backend="aoti", device="cuda", workers=0).score(clips)
-    ref = Scorer(bundle.parent / "run", backend="torch", device="cpu", workers=0).score(clips)
+    got = Scorer(bundle, backend="aoti", device="cuda", decode_workers=0).score(clips)
+    ref = Scorer(bundle.parent / "run", backend="torch", device="cpu", decode_workers=0).score(clips)
     print("aoti cuda vs torch cpu max |d MI|", max(abs(a.mi - b.mi) for a, b in zip(got, ref)),
           "max |d TA|", max(abs(a.ta - b.ta) for a, b in zip(got, ref)))
     try:
-        Scorer(bundle, backend="aoti", device="cpu", workers=0)
+        Scorer(bundle, backend="aoti", device="cpu", decode_workers=0)
     except Exception as exc:  # the expected refusal
         print("cpu refusal:", exc)
     return 0

@@ -100,14 +100,14 @@ def test_fresh_process_without_training_scores_like_torch(aoti_bundle, tmp_path)
         "sys.modules['training'] = None\n"  # importing training (or export) now fails
         "sys.modules['export'] = None\n"
         "from deramos_rt.scorer import Scorer\n"
-        f"scorer = Scorer({str(aoti_bundle)!r}, backend='aoti', workers=0, batch_size=2)\n"
+        f"scorer = Scorer({str(aoti_bundle)!r}, backend='aoti', decode_workers=0, batch_size=2)\n"
         f"out = scorer.score({clips!r})\n"
         "print(json.dumps({'name': scorer.backend.info.name, 'mi': [c.mi for c in out], 'ta': [c.ta for c in out]}))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    reference = Scorer(aoti_bundle.parent / "run", backend="torch", workers=0).score(clips)
+    reference = Scorer(aoti_bundle.parent / "run", backend="torch", decode_workers=0).score(clips)
     assert got["name"] == "aoti"
     assert np.abs(np.subtract(got["mi"], [c.mi for c in reference])).max() < 1e-4
     assert np.abs(np.subtract(got["ta"], [c.ta for c in reference])).max() < 1e-4

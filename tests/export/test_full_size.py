@@ -48,8 +48,8 @@ def test_external_data_graphs_are_listed_hashed_and_score(tmp_path, monkeypatch)
         assert bundle.manifest["files"][name]["bytes"] == (out / name).stat().st_size
     assert json.loads((out / "parity.json").read_text())["variants"]["fp32"]["status"] == "passed"
     clips = _clips(tmp_path, 16000)
-    reference = Scorer(tmp_path / "run", backend="torch", workers=0).score(clips)
-    exported = Scorer(out, backend="onnxruntime", precision="fp32", workers=0).score(clips)
+    reference = Scorer(tmp_path / "run", backend="torch", decode_workers=0).score(clips)
+    exported = Scorer(out, backend="onnxruntime", precision="fp32", decode_workers=0).score(clips)
     assert max(_max_delta(reference, exported)) < 1e-5
     raw = bytearray((out / data[0]).read_bytes())
     raw[len(raw) // 2] ^= 0xFF
@@ -76,7 +76,7 @@ def test_full_size_paper_model_exports_and_scores_like_torch(tmp_path):
     parity = json.loads((out / "parity.json").read_text())["variants"]["fp32"]
     assert parity["status"] == "passed", parity["status"]
     clips = _clips(tmp_path, 44100)
-    reference = Scorer(run, backend="torch", workers=0).score(clips)
-    exported = Scorer(out, backend="onnxruntime", precision="fp32", workers=0).score(clips)
+    reference = Scorer(run, backend="torch", decode_workers=0).score(clips)
+    exported = Scorer(out, backend="onnxruntime", precision="fp32", decode_workers=0).score(clips)
     mi, ta = _max_delta(reference, exported)
     assert mi < 1e-3 and ta < 1e-3, (mi, ta)

@@ -23,7 +23,7 @@ def tiny_run(tmp_path_factory):
 def torch_scorer(tiny_run):
     from deramos_rt.scorer import Scorer
 
-    scorer = Scorer(tiny_run, backend="torch", batch_size=4, workers=2)
+    scorer = Scorer(tiny_run, backend="torch", batch_size=4, decode_workers=2)
     yield scorer
     scorer.close()
 

@@ -40,7 +40,7 @@ def test_three_graphs_match_torch_at_several_batch_sizes(bundle_dir, torch_parts
     import torch
 
     bundle = load_bundle(bundle_dir)
-    backend = OnnxRuntimeBackend(bundle, "fp32", "cpu", threads=1)
+    backend = OnnxRuntimeBackend(bundle, "cpu", "fp32", threads=1)
     assert backend.info.name == "onnxruntime" and "CPUExecutionProvider" in backend.info.detail
     audio, text, ta = torch_parts
     rng = np.random.default_rng(batch)
@@ -66,13 +66,13 @@ def test_three_graphs_match_torch_at_several_batch_sizes(bundle_dir, torch_parts
 def test_refusals_are_one_clear_error(bundle_dir):
     bundle = load_bundle(bundle_dir)
     with pytest.raises(DeramosError, match="fp16 graphs are for GPUs"):
-        OnnxRuntimeBackend(bundle, "fp16", "cpu")
+        OnnxRuntimeBackend(bundle, "cpu", "fp16")
     with pytest.raises(DeramosError, match="no 'int8' graphs"):
-        OnnxRuntimeBackend(bundle, "int8", "cpu")
+        OnnxRuntimeBackend(bundle, "cpu", "int8")
     with pytest.raises(DeramosError, match="unknown precision"):
-        OnnxRuntimeBackend(bundle, "fp8", "cpu")
+        OnnxRuntimeBackend(bundle, "cpu", "fp8")
     with pytest.raises(DeramosError, match="unknown device"):
-        OnnxRuntimeBackend(bundle, "fp32", "gpu")
+        OnnxRuntimeBackend(bundle, "gpu", "fp32")
 
 
 def test_gpu_request_without_the_provider_is_refused_not_served_on_cpu(bundle_dir):
@@ -83,7 +83,7 @@ def test_gpu_request_without_the_provider_is_refused_not_served_on_cpu(bundle_di
     bundle = load_bundle(bundle_dir)
     for device in ("cuda", "cuda:1", "tensorrt"):
         with pytest.raises(DeramosError, match="gpu' extra"):
-            OnnxRuntimeBackend(bundle, "fp32", device)
+            OnnxRuntimeBackend(bundle, device, "fp32")
 
 
 def test_provider_silently_dropped_by_ort_is_detected(bundle_dir, monkeypatch):
@@ -93,7 +93,7 @@ def test_provider_silently_dropped_by_ort_is_detected(bundle_dir, monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     bundle = load_bundle(bundle_dir)
     with pytest.raises(DeramosError, match="activated only CPUExecutionProvider"):
-        OnnxRuntimeBackend(bundle, "fp32", "cuda")
+        OnnxRuntimeBackend(bundle, "cuda", "fp32")
 
 
 def test_corrupt_graph_file_is_one_error_naming_it(bundle_dir, tmp_path):
@@ -103,14 +103,14 @@ def test_corrupt_graph_file_is_one_error_naming_it(bundle_dir, tmp_path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
     bundle = load_bundle(copy, verify=False)  # skip the hash check to reach ONNX Runtime
     with pytest.raises(DeramosError, match=r"cannot load graph file .*text\.fp32\.onnx"):
-        OnnxRuntimeBackend(bundle, "fp32", "cpu")
+        OnnxRuntimeBackend(bundle, "cpu", "fp32")
 
 
 def test_missing_onnxruntime_names_the_extras(bundle_dir, monkeypatch):
     bundle = load_bundle(bundle_dir)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(DeramosError, match="'cpu' extra.*'gpu' extra"):
-        OnnxRuntimeBackend(bundle, "fp32", "cpu")
+        OnnxRuntimeBackend(bundle, "cpu", "fp32")
 
 
 def test_profile_shapes_cover_every_dynamic_input(bundle_dir):
@@ -145,7 +145,7 @@ def test_int8_graphs_give_each_item_the_scores_it_gets_alone(bundle_dir, tmp_pat
     for key in ("format", "format_version", "files"):
         manifest.pop(key)
     write_manifest(copy, manifest)
-    backend = OnnxRuntimeBackend(load_bundle(copy), "int8", "cpu")
+    backend = OnnxRuntimeBackend(load_bundle(copy), "cpu", "int8")
     assert backend._per_item == {"audio", "text"}
     rng = np.random.default_rng(0)
     samples = backend.bundle.manifest["audio"]["num_samples"]

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from deramos_rt.backends import BACKENDS, _auto_candidates, backend_class, missing_packages, open_backend
 from deramos_rt.bundle import load_bundle
 from deramos_rt.errors import DeramosError
+from deramos_rt.models import run_dir
 from deramos_rt.scorer import Scorer
+from deramos_rt.source import RunSource
 
-REPO = Path(__file__).resolve().parents[2]
+DEFAULT_RUN = run_dir("default")
 
 
 def test_unknown_backend_names_the_choices():
@@ -32,7 +32,7 @@ def test_missing_package_names_the_extra(monkeypatch):
 
 def test_backends_refuse_the_wrong_kind_of_source(tiny_run, tiny_bundle):
     with pytest.raises(DeramosError, match="runs a bundle, but .* is a run directory"):
-        open_backend("onnxruntime", Path(tiny_run))
+        open_backend("onnxruntime", RunSource(tiny_run))
     with pytest.raises(DeramosError, match="runs a training run directory"):
         open_backend("torch", load_bundle(tiny_bundle))
     with pytest.raises(DeramosError, match="no AOTInductor packages"):
@@ -40,7 +40,7 @@ def test_backends_refuse_the_wrong_kind_of_source(tiny_run, tiny_bundle):
 
 
 def test_auto_takes_torch_for_a_run_and_int8_on_cpu_when_its_parity_held(tiny_run, tiny_bundle, caplog):
-    caplog.set_level("INFO", logger="deramos.backends")
+    caplog.set_level("INFO", logger="deramos_rt.backends")
     assert Scorer(tiny_run).backend.info.name == "torch"
     bundle = load_bundle(tiny_bundle)
     assert [c[:3] for c in _auto_candidates(bundle, "cpu", None)] == [("onnxruntime", "cpu", "int8"),
@@ -54,8 +54,8 @@ def test_auto_takes_torch_for_a_run_and_int8_on_cpu_when_its_parity_held(tiny_ru
 
 
 def _parity(run_dir, bundle, clips, tol):
-    reference = Scorer(run_dir, backend="torch", workers=1).score(clips)
-    exported = Scorer(bundle, backend="onnxruntime", precision="fp32", workers=1).score(clips)
+    reference = Scorer(run_dir, backend="torch", decode_workers=1).score(clips)
+    exported = Scorer(bundle, backend="onnxruntime", precision="fp32", decode_workers=1).score(clips)
     mi = max(abs(a.mi - b.mi) for a, b in zip(reference, exported))
     ta = max(abs(a.ta - b.ta) for a, b in zip(reference, exported))
     assert mi < tol and ta < tol, (mi, ta)
@@ -71,9 +71,9 @@ def test_torch_and_onnxruntime_agree_on_the_tiny_model(tiny_run, tiny_bundle, cl
 def test_torch_and_onnxruntime_agree_on_the_default_model(tmp_path_factory, clips):
     from export.build_engine import build_bundle
 
-    bundle = build_bundle(REPO / "models" / "default", tmp_path_factory.mktemp("default") / "bundle",
+    bundle = build_bundle(DEFAULT_RUN, tmp_path_factory.mktemp("default") / "bundle",
                           precisions=("fp32",), parity_files=2, parity_random=2)
-    _parity(REPO / "models" / "default", bundle, clips[:3], 1e-4)
+    _parity(DEFAULT_RUN, bundle, clips[:3], 1e-4)
 
 
 @pytest.mark.slow

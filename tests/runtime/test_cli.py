@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deramos_rt import io
+from deramos_rt import scorefile
 from deramos_rt.cli import main
 from deramos_rt.scorer import Scorer
 from tests.runtime.conftest import write_manifest
@@ -20,12 +20,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _rows(path):
-    return list(io.read_rows(path))
+    return list(scorefile.read_rows(path))
 
 
 def test_score_api_manifest_and_cli_give_identical_scores(tiny_bundle, clips, tmp_path):
     manifest = write_manifest(tmp_path / "m.csv", clips)
-    scorer = Scorer(tiny_bundle, backend="onnxruntime", batch_size=4, workers=2)
+    scorer = Scorer(tiny_bundle, backend="onnxruntime", batch_size=4, decode_workers=2)
     direct = scorer.score(clips)
     report = scorer.score_manifest(manifest, tmp_path / "api.jsonl")
     assert report.exit_code == 0 and report.scored == len(clips)
@@ -62,7 +62,7 @@ def test_killed_job_resumes_without_missing_or_duplicated_clips(tiny_bundle, cli
     command = [sys.executable, "-m", "deramos_rt.cli", "score", str(manifest), "--out", str(out), "--bundle",
                str(tiny_bundle), "--backend", "onnxruntime", "--batch-size", "1", "--workers", "1", "--threads", "1"]
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    partial = io.partial_path(out)
+    partial = scorefile.partial_path(out)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if partial.exists() and partial.stat().st_size > 4000:
@@ -93,10 +93,10 @@ def test_musiceval_split_prints_metrics(tiny_bundle, tmp_path, capsys):
 
 
 def test_report_runs_compare_on_the_finished_file(tiny_bundle, clips, tmp_path, monkeypatch):
-    from deramos_rt import compare
+    from deramos_rt import cli
 
     seen = {}
-    monkeypatch.setattr(compare, "run", lambda args: seen.update(vars(args)) or 0)
+    monkeypatch.setattr(cli, "run_compare", lambda args: seen.update(vars(args)) or 0)
     manifest = write_manifest(tmp_path / "m.csv", clips)
     assert main(["score", str(manifest), "--out", str(tmp_path / "s.csv"), "--bundle", str(tiny_bundle),
                  "--backend", "onnxruntime", "--report", str(tmp_path / "report")]) == 0
@@ -108,4 +108,4 @@ def test_info_lists_backends_and_what_is_missing(capsys):
     printed = capsys.readouterr().out
     for name in ("onnxruntime", "tensorrt", "aoti", "torch"):
         assert f"backend {name}" in printed
-    assert "default model bundle" in printed
+    assert "built-in model 'default': bundle" in printed

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from deramos_rt import compare as compare_module
+from deramos_rt.cli import add_compare_arguments, run_compare
+from deramos_rt.errors import DeramosError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -45,11 +46,11 @@ def report(tmp_path_factory):
     scores.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "mos.txt").write_text("\n".join(labels) + "\n")
     parser = argparse.ArgumentParser()
-    compare_module.add_arguments(parser)
+    add_compare_arguments(parser)
     out = root / "report"
     args = parser.parse_args([str(scores), "--out", str(out), "--labels", str(root / "mos.txt"),
                               "--resamples", "200"])
-    assert compare_module.run(args) == 0
+    assert run_compare(args) == 0
     return out
 
 
@@ -82,10 +83,10 @@ def test_audio_links_are_relative_and_resolve(report):
 
 def test_musiceval_arguments_are_checked(tmp_path):
     parser = argparse.ArgumentParser()
-    compare_module.add_arguments(parser)
+    add_compare_arguments(parser)
     args = parser.parse_args(["x.csv", "--out", str(tmp_path), "--split", "test"])
-    with pytest.raises(compare_module.DeramosError, match="--musiceval DIR and --split"):
-        compare_module.run(args)
+    with pytest.raises(DeramosError, match="--musiceval DIR and --split"):
+        run_compare(args)
 
 
 def _chromium() -> str | None:

@@ -31,7 +31,7 @@ THREADS = 1
 
 
 def test_import_deramos_rt_never_imports_ray():
-    code = ("import sys, deramos_rt, deramos_rt.distributed, deramos_rt.io, deramos_rt.scorer;"
+    code = ("import sys, deramos_rt, deramos_rt.distributed, deramos_rt.manifest, deramos_rt.scorer;"
             "print('ray' in sys.modules, 'ray.data' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
@@ -115,10 +115,10 @@ def manifest(tmp_path_factory):
 def reference(bundle, manifest):
     """The single-process scorer's results, by id (one backend thread, as in every actor below: the thread
     count changes float32 summation order, by about 2e-7 on this model)."""
-    from deramos_rt.io import iter_manifest
+    from deramos_rt.manifest import iter_manifest
     from deramos_rt.scorer import Scorer
 
-    with Scorer(bundle, workers=0, threads=THREADS) as scorer:
+    with Scorer(bundle, decode_workers=0, threads=THREADS) as scorer:
         return {r.id: r for r in scorer.score(list(iter_manifest(manifest)))}
 
 

@@ -7,8 +7,8 @@ HEAVY = ("torch", "onnxruntime", "tensorrt", "transformers", "training", "export
 
 def test_runtime_imports_no_heavy_frameworks():
     code = (
-        "import sys, deramos_rt, deramos_rt.audio, deramos_rt.text, deramos_rt.report, deramos_rt.scorer, "
-        "deramos_rt.io, deramos_rt.cli, deramos_rt.pipeline, deramos_rt.backends;"
+        "import sys, deramos_rt, deramos_rt.audio, deramos_rt.text, deramos_rt.console, deramos_rt.scorer, "
+        "deramos_rt.manifest, deramos_rt.scorefile, deramos_rt.jobs, deramos_rt.source, deramos_rt.models, deramos_rt.cli, deramos_rt.pipeline, deramos_rt.backends;"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules];"
         "print(','.join(heavy))"
     )

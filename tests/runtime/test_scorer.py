@@ -45,14 +45,14 @@ def test_arrays_dicts_and_paths_give_the_same_scores(torch_scorer, clips):
 @pytest.mark.parametrize("batch_size,workers", [(1, 0), (3, 1), (16, 4)])
 def test_scores_do_not_depend_on_batch_size_workers_or_batch_mates(tiny_run, torch_scorer, clips, batch_size, workers):
     reference = torch_scorer.score(clips)
-    other = Scorer(tiny_run, backend="torch", batch_size=batch_size, workers=workers)
+    other = Scorer(tiny_run, backend="torch", batch_size=batch_size, decode_workers=workers)
     _close(other.score(clips), reference)
     mates = other.score([clips[3], clips[0], clips[5]])  # different batch mates and order
     _close(mates, [reference[3], reference[0], reference[5]])
 
 
 def test_each_distinct_prompt_is_encoded_once(tiny_run, clips):
-    scorer = Scorer(tiny_run, backend="torch", batch_size=2, workers=1)
+    scorer = Scorer(tiny_run, backend="torch", batch_size=2, decode_workers=1)
     scorer.score(clips + clips)
     assert scorer.counts["prompts_encoded"] == len(set(PROMPTS))
 
@@ -92,7 +92,7 @@ def test_empty_prompt_gives_mi_and_a_ta_error(torch_scorer, clips):
 
 
 def test_over_long_prompt_is_truncated_and_counted_not_an_error(tiny_run, clips):
-    scorer = Scorer(tiny_run, backend="torch", workers=0)
+    scorer = Scorer(tiny_run, backend="torch", decode_workers=0)
     long_prompt = " ".join(["piano"] * 200)
     result, short = scorer.score([(clips[0][0], long_prompt), (clips[0][0], "piano")])
     assert result.error is None and result.prompt_truncated and not short.prompt_truncated
@@ -112,22 +112,22 @@ def test_runtime_input_is_exactly_what_training_prepares(tiny_run, clips, tmp_pa
 
 
 def test_windows_mode_is_the_real_audio_weighted_mean_of_window_scores(tiny_run, tmp_path):
-    scorer = Scorer(tiny_run, backend="torch", long_audio="windows", batch_size=8, workers=1)
-    protocol = scorer.model.protocol
+    scorer = Scorer(tiny_run, backend="torch", long_audio="windows", batch_size=8, decode_workers=1)
+    protocol = scorer.protocol
     path = str(write_clip(tmp_path / "long.wav", seconds=95.0, rate=protocol.sample_rate, seed=3))
     [result] = scorer.score([(path, "calm piano")])
     signal, _ = sf.read(path, dtype="float32")
     n = protocol.num_samples
     pieces = [signal[i:i + n] for i in range(0, signal.size, n)]
     weights = np.array([p.size / n for p in pieces])
-    per_window = Scorer(tiny_run, backend="torch", workers=0).score([(p, protocol.sample_rate, "calm piano") for p in pieces])
+    per_window = Scorer(tiny_run, backend="torch", decode_workers=0).score([(p, protocol.sample_rate, "calm piano") for p in pieces])
     mi_probs = np.average([w.mi_probs for w in per_window], axis=0, weights=weights)
     ta_probs = np.average([w.ta_probs for w in per_window], axis=0, weights=weights)
     bins = np.linspace(1, 5, 20)
     assert result.windows == len(pieces) == 48 and weights[-1] == pytest.approx(0.5)
     assert result.mi == pytest.approx(float(mi_probs @ bins), abs=1e-5)
     assert result.ta == pytest.approx(float(ta_probs @ bins), abs=1e-5)
-    truncated = Scorer(tiny_run, backend="torch", workers=0).score([(path, "calm piano")])[0]
+    truncated = Scorer(tiny_run, backend="torch", decode_workers=0).score([(path, "calm piano")])[0]
     assert truncated.mi == pytest.approx(per_window[0].mi, abs=1e-5)
 
 
@@ -149,8 +149,15 @@ def test_bad_arguments_are_clear_errors(tiny_run, tmp_path):
 
 
 def test_missing_default_bundle_names_the_build_command(monkeypatch, tmp_path):
+    import importlib.util
+
+    monkeypatch.setenv("DERAMOS_CACHE", str(tmp_path / "cache"))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "export" else real(name, *a))
+    with pytest.raises(DeramosError, match=r"needs export: pip install .*python -m deramos_rt.models default"):
+        Scorer()
     monkeypatch.setenv("DERAMOS_DEFAULT_BUNDLE", str(tmp_path / "nowhere"))
-    with pytest.raises(DeramosError, match="export.build_engine --run models/default"):
+    with pytest.raises(DeramosError, match="DERAMOS_DEFAULT_BUNDLE .*nowhere is neither a bundle"):
         Scorer()
 
 

@@ -13,10 +13,9 @@ import sys
 import time
 from typing import Callable, Iterator
 
-from deramos_rt.errors import DeramosError
+from deramos_rt.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, DeramosError
 
-log = logging.getLogger("deramos")
-PARTIAL = 3  # exit code of a job that finished and wrote everything, but some items failed
+log = logging.getLogger("deramos_rt")
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -56,10 +55,10 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
             log.error("FAILED %s (%.1f s):\n%s", prog, elapsed, message)
         else:
             log.error("FAILED %s: %s (%.1f s)", prog, message, elapsed)
-        return 2
+        return EXIT_ERROR
     except KeyboardInterrupt:
         log.error("INTERRUPTED %s after %.1f s; finished work was kept", prog, time.perf_counter() - start)
-        return 130
-    verdict = {0: "OK", PARTIAL: "PARTIAL"}.get(code, "FAILED")  # PARTIAL: written, some items failed
+        return EXIT_INTERRUPTED
+    verdict = {EXIT_OK: "OK", EXIT_PARTIAL: "PARTIAL"}.get(code, "FAILED")  # PARTIAL: written, some items failed
     log.info("%s %s (%.1f s)", verdict, prog, time.perf_counter() - start)
     return code

@@ -1,0 +1,364 @@
+"""The score-file format: its columns, cell encoding, reading, writing and the per-system summary.
+
+Every tool that writes or reads per-clip scores goes through this module: the single-process job
+(``deramos_rt.jobs``), the Ray job (``deramos_rt.distributed``) and the comparison (``deramos_rt.compare``).
+
+Score file (CSV or JSONL by extension): ``id, path, system, prompt, mi, ta, error``, with ``probs``
+``mi_probs, ta_probs``, then the provenance ``backend, precision, bundle, deramos_rt``. A failed clip has
+``error`` set and empty (CSV) / null (JSONL) scores; in CSV a float is written with ``repr`` (exact round
+trip) and a distribution as JSON text. Rows go to ``OUT.partial``, flushed every few rows; the finished
+file is renamed to ``OUT``. A killed job leaves a valid partial file with every flushed clip; resuming
+drops a torn last line and skips the ids already written. The per-system summary (``OUT`` with
+``.systems`` before the extension) is computed from the finished file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from deramos_rt.errors import DeramosError
+
+log = logging.getLogger(__name__)
+
+FORMATS = (".csv", ".jsonl")
+BASE_COLUMNS = ("id", "path", "system", "prompt", "mi", "ta", "error")
+PROB_COLUMNS = ("mi_probs", "ta_probs")
+PROVENANCE = ("backend", "precision", "bundle", "deramos_rt")
+SUMMARY_COLUMNS = ("system", "clips", "failed", "mi_n", "mi_mean", "ta_n", "ta_mean")
+FLUSH_ROWS = 32
+
+
+def file_format(path: str | Path, what: str) -> str:
+    """``.csv`` or ``.jsonl`` from the extension; anything else is refused."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise DeramosError(f"{what} {path} must be .csv or .jsonl (by extension), got {suffix or 'no extension'!r}")
+    return suffix
+
+
+def allow_long_csv_fields() -> None:
+    """Let the csv module read cells as long as any this tool writes (a prompt can exceed csv's 128 KiB)."""
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:  # the C long is 32 bits on some platforms
+            limit //= 2
+
+
+def columns(probs: bool) -> tuple[str, ...]:
+    """The per-clip columns, in order."""
+    return BASE_COLUMNS + (PROB_COLUMNS if probs else ()) + PROVENANCE
+
+
+def summary_path(out: str | Path) -> Path:
+    """``scores.csv`` -> ``scores.systems.csv``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.systems{out.suffix}")
+
+
+def partial_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def cell(value) -> str:
+    """A value as CSV text: '' for None, ``repr`` for floats (exact), JSON for sequences of numbers."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+        return json.dumps([float(v) for v in value])
+    return str(value)
+
+
+def number(value) -> float | None:
+    """A score cell (text, number or None) as a float, None when empty."""
+    if value in (None, ""):
+        return None
+    return float(value)
+
+
+def result_record(result, provenance: dict, probs: bool) -> dict:
+    """The row of one :class:`~deramos_rt.scorer.ClipScore` (JSON-safe values; None for missing)."""
+    record = {"id": result.id, "path": result.path, "system": result.system, "prompt": result.prompt,
+              "mi": result.mi, "ta": result.ta, "error": result.error}
+    if probs:
+        record["mi_probs"], record["ta_probs"] = result.mi_probs, result.ta_probs
+    record.update(provenance)
+    return record
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def jsonl_objects(path: Path, what: str = "manifest") -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file; a bad line is an error naming it."""
+    with path.open(encoding="utf-8-sig") as f:
+        for number_, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DeramosError(f"{what} {path} line {number_} is not valid JSON: {exc.msg}") from exc
+            if not isinstance(record, dict):
+                raise DeramosError(f"{what} {path} line {number_} is not a JSON object")
+            yield number_, record
+
+
+def is_csv(path: str | Path) -> bool:
+    return Path(path).name.lower().removesuffix(".partial").endswith(".csv")
+
+
+def read_rows(path: str | Path) -> Iterator[dict]:
+    """Stream the rows of a complete score file (CSV cells as text, JSONL values as parsed).
+
+    A partial file is made complete first by :class:`ScoreWriter` (its torn last line is cut off).
+    """
+    path = Path(path)
+    allow_long_csv_fields()
+    with path.open(encoding="utf-8", newline="") as f:
+        if is_csv(path):
+            yield from csv.DictReader(f)
+            return
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def numbered_rows(path: str | Path) -> list[tuple[str, dict]]:
+    """``(where, row)`` for every row of a score file, ``where`` naming the file and line (for errors).
+
+    Raises:
+        DeramosError: not .csv / .jsonl, missing, not UTF-8, or not valid CSV / JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DeramosError(f"score file not found: {path}")
+    if path.suffix.lower() not in FORMATS:
+        raise DeramosError(f"score file must end in .csv or .jsonl: {path}")
+    try:
+        if path.suffix.lower() == ".jsonl":
+            return [(f"{path}:{n}", row) for n, row in jsonl_objects(path, "score file")]
+        allow_long_csv_fields()
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            return [(f"{path}:{reader.line_num}", row) for row in reader]
+    except UnicodeDecodeError as exc:
+        raise DeramosError(f"score file {path} is not UTF-8 text: {exc}") from exc
+    except csv.Error as exc:
+        raise DeramosError(f"score file {path} is not valid CSV: {exc}") from exc
+
+
+def csv_header(path: Path) -> tuple[str, ...]:
+    allow_long_csv_fields()
+    with path.open(encoding="utf-8", newline="") as f:
+        return tuple(next(csv.reader(f), ()))
+
+
+def complete_records(data: bytes, csv_format: bool) -> int:
+    """Byte length of the leading complete records (a torn last line is cut off)."""
+    end, start, quotes = 0, 0, 0
+    while True:
+        newline = data.find(b"\n", start)
+        if newline < 0:
+            return end
+        quotes += data.count(b'"', start, newline)
+        start = newline + 1
+        if csv_format and quotes % 2:
+            continue  # a newline inside a quoted CSV cell: the record goes on
+        if not csv_format:
+            try:
+                json.loads(data[end:start])
+            except ValueError:
+                return end
+        end, quotes = start, 0
+
+
+def cut_torn_tail(path: Path) -> None:
+    """Truncate a partial score file to its complete records (after a killed writer)."""
+    data = path.read_bytes()
+    keep = complete_records(data, is_csv(path))
+    if keep < len(data):
+        log.warning("resume: dropped a torn last line of %s (%d bytes)", path, len(data) - keep)
+        with path.open("r+b") as f:
+            f.truncate(keep)
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def write_rows(path: Path, rows: Iterable[dict], cols: tuple[str, ...]) -> None:
+    """Write rows (dicts) with ``cols`` to ``path`` (CSV or JSONL by extension), atomically."""
+    tmp = partial_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tmp.open("w", encoding="utf-8", newline="") as f:
+        if is_csv(path):
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(cols)
+            writer.writerows([cell(row.get(c)) for c in cols] for row in rows)
+        else:
+            f.writelines(json.dumps({c: row.get(c) for c in cols}, ensure_ascii=False) + "\n" for row in rows)
+    os.replace(tmp, path)
+
+
+class ScoreWriter:
+    """Writes rows to ``OUT.partial`` (flushed every ``flush_every`` rows) and renames it to ``OUT`` at the end.
+
+    Args:
+        out: the final score file (.csv or .jsonl).
+        provenance: the provenance columns' values.
+        probs: also write ``mi_probs``, ``ta_probs``.
+        resume: continue an existing ``OUT.partial`` or ``OUT`` (skipping its ids).
+        overwrite: discard existing output.
+        flush_every: rows written between flushes to disk (what a killed process can lose at most).
+
+    Attributes:
+        done: ids already in the output; failed_before: how many of those rows carry an error.
+
+    Raises:
+        DeramosError: output exists and neither ``resume`` nor ``overwrite``; resumed output with other
+            columns or from another model.
+    """
+
+    def __init__(self, out: str | Path, provenance: dict, probs: bool = False, resume: bool = False,
+                 overwrite: bool = False, flush_every: int = FLUSH_ROWS):
+        self.out = Path(out)
+        self.format = file_format(self.out, "output")
+        self.partial = partial_path(self.out)
+        self.provenance = dict(provenance)
+        self.columns = columns(probs)
+        self.probs = probs
+        self.done: set[str] = set()
+        self.failed_before = 0
+        self.flush_every = max(1, int(flush_every))
+        self._prepare_existing(resume, overwrite)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.partial.exists() or self.partial.stat().st_size == 0
+        self._file = self.partial.open("a", encoding="utf-8", newline="")
+        self._csv = csv.writer(self._file, lineterminator="\n") if self.format == ".csv" else None
+        if fresh and self._csv is not None:
+            self._csv.writerow(self.columns)
+            self._file.flush()
+        self._unflushed = 0
+
+    def _prepare_existing(self, resume: bool, overwrite: bool) -> None:
+        existing = [p for p in (self.partial, self.out) if p.exists()]
+        if existing and overwrite:
+            for p in existing:
+                p.unlink()
+            return
+        if existing and not resume:
+            raise DeramosError(f"output {existing[0]} already exists: pass --resume to continue it (finished clips "
+                               "are skipped) or --overwrite to start again")
+        if not existing:
+            return
+        if self.partial.exists():
+            cut_torn_tail(self.partial)
+            self._load_done(self.partial)
+            if self.out.exists():
+                self.out.unlink()  # the partial is the newer state of the same job
+        else:
+            self._load_done(self.out)  # checked before it is touched, so a refused resume changes nothing
+            os.replace(self.out, self.partial)  # resume a finished file: reopen it as the partial
+
+    def _load_done(self, path: Path) -> None:
+        header = csv_header(path) if self.format == ".csv" else self.columns
+        if header and header != self.columns:
+            raise DeramosError(f"cannot resume {path}: its columns ({', '.join(header)}) differ from this "
+                               f"run's ({', '.join(self.columns)}); use the same --probs setting or --overwrite")
+        for row in read_rows(path):
+            if self.format == ".jsonl" and ("mi_probs" in row) != self.probs:
+                raise DeramosError(f"cannot resume {path}: it was written {'with' if 'mi_probs' in row else 'without'} "
+                                   "--probs; use the same --probs setting or --overwrite")
+            if row.get("bundle") and row["bundle"] != self.provenance["bundle"]:
+                raise DeramosError(f"cannot resume {path}: it was scored with model {row['bundle']}, this run "
+                                   f"uses {self.provenance['bundle']}; use --overwrite or another --out")
+            self.done.add(str(row["id"]))
+            self.failed_before += bool(row.get("error"))
+
+    def write(self, result) -> None:
+        record = result_record(result, self.provenance, self.probs)
+        if self._csv is not None:
+            self._csv.writerow([cell(record[c]) for c in self.columns])
+        else:
+            self._file.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+        self.done.add(result.id)
+        self._unflushed += 1
+        if self._unflushed >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._unflushed = 0
+
+    def finish(self) -> Path:
+        """Flush, close and rename the partial file to the final name (atomic)."""
+        self.flush()
+        self._file.close()
+        os.replace(self.partial, self.out)
+        return self.out
+
+    def abort(self) -> None:
+        """Flush and close, keeping ``OUT.partial`` for a later resume."""
+        if not self._file.closed:
+            self._file.flush()
+            self._file.close()
+
+
+# ----------------------------------------------------------------------------------------------- summary
+
+
+class SystemTally:
+    """Streaming per-system sums (memory flat in the number of clips)."""
+
+    def __init__(self):
+        self._rows: dict[str, list] = {}
+
+    def add(self, system: str, mi: float | None, ta: float | None, error: str | None) -> None:
+        row = self._rows.setdefault(system or "", [0, 0, 0, 0.0, 0, 0.0])
+        row[0] += 1
+        row[1] += bool(error)
+        if mi is not None and math.isfinite(mi):
+            row[2] += 1
+            row[3] += mi
+        if ta is not None and math.isfinite(ta):
+            row[4] += 1
+            row[5] += ta
+
+    def add_row(self, row: dict) -> None:
+        """Add one score-file row (cells as text or numbers)."""
+        self.add(str(row.get("system") or ""), number(row.get("mi")), number(row.get("ta")), row.get("error") or None)
+
+    def summary(self) -> dict[str, dict]:
+        return {s: {"clips": c, "failed": f, "mi_n": mn, "mi_mean": ms / mn if mn else None,
+                    "ta_n": tn, "ta_mean": ts / tn if tn else None}
+                for s, (c, f, mn, ms, tn, ts) in self._rows.items()}
+
+
+def write_summary(rows: Iterable[dict], path: str | Path) -> Path:
+    """The per-system summary of score-file rows, written atomically to ``path`` (CSV or JSONL)."""
+    tally, provenance = SystemTally(), {}
+    for row in rows:
+        tally.add_row(row)
+        provenance = {k: row.get(k) for k in PROVENANCE}
+    records = [{"system": s, **v, **provenance} for s, v in tally.summary().items()]
+    path = Path(path)
+    write_rows(path, records, SUMMARY_COLUMNS + PROVENANCE)
+    return path
+
+
+def summarize(out: str | Path) -> Path:
+    """Write the per-system summary of a finished score file beside it; returns its path."""
+    return write_summary(read_rows(out), summary_path(out))
