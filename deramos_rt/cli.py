@@ -1,4 +1,4 @@
-"""The ``deramos-rt`` command: ``score``, ``info`` and ``compare``.
+"""The ``deramos-rt`` command: ``score``, ``info``, ``compare`` and ``trust``.
 
 ``deramos-rt score MANIFEST --out scores.csv`` scores every clip of a manifest (see ``deramos_rt.io``);
 ``deramos-rt score --musiceval DIR --split test --out ...`` scores a MusicEval split and prints the
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--overwrite", action="store_true", help="discard existing output")
     score.add_argument("--probs", action="store_true", help="also write the MI / TA distributions")
     score.add_argument("--report", metavar="DIR", help="write a comparison report (deramos-rt compare) here")
+    score.add_argument("--trust-bundle", action="store_true",
+                       help="let tensorrt / aoti (and auto) load this bundle's native code although it is not "
+                            "trusted here (see deramos-rt trust); ONNX graphs never need it")
     score.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                        help="score on Ray Data (pip install 'deramos_rt[ray]'); --out is then a folder. ADDRESS: a "
                             "Ray cluster (auto, HOST:6379, ray://HOST:10001); none: a local Ray instance")
@@ -55,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --ray: CPUs per actor (also its backend threads unless --threads)")
     score.add_argument("--format", choices=["csv", "parquet"], default="csv", help="with --ray: per-clip file format")
     sub.add_parser("info", help="backends, providers, devices, versions and what is missing")
+    from deramos_rt import trust
+
+    trust.add_arguments(sub.add_parser("trust", help="trust a bundle's native code (TensorRT engines, AOTInductor "
+                                                     "packages) on this machine"))
     if importlib.util.find_spec("deramos_rt.compare") is not None:
         from deramos_rt import compare
 
@@ -69,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.command == "info":
         return run_cli("deramos-rt", info)
+    if args.command == "trust":
+        from deramos_rt import trust
+
+        return run_cli("deramos-rt", lambda: trust.run(args))
     if args.command == "compare":
         from deramos_rt import compare
 
@@ -113,7 +124,7 @@ def score(args: argparse.Namespace) -> int:
     with step("open backend") as info:
         scorer = Scorer(args.bundle, backend=args.backend, device=args.device, batch_size=args.batch_size,
                         workers=args.workers, long_audio=args.long_audio, precision=args.precision,
-                        threads=args.threads)
+                        threads=args.threads, trust_bundle=args.trust_bundle)
         backend = scorer.backend.info
         info.update(backend=backend.name, precision=backend.precision, device=backend.device)
     log.info("backend detail: %s; model %s; batch %d", backend.detail, scorer.model.identity, scorer.batch_size)
@@ -160,6 +171,9 @@ def score_ray(args: argparse.Namespace) -> int:
     """``score --ray``: the manifest on Ray Data (see ``deramos_rt.distributed``); --out is a folder."""
     from deramos_rt.distributed import score_dataset
 
+    if args.trust_bundle:
+        raise DeramosError("--trust-bundle is not passed to Ray actors: trust the bundle on every node with "
+                           "deramos-rt trust BUNDLE instead")
     if args.musiceval is not None or args.manifest is None:
         raise DeramosError("--ray scores a MANIFEST, given before --ray (deramos-rt score MANIFEST --out DIR --ray "
                            "[ADDRESS]); --musiceval is not supported with --ray")

@@ -80,7 +80,7 @@ def check_engines(bundle, precision: str, inputs: dict[str, dict[str, np.ndarray
     from deramos_rt.backends.tensorrt import TensorRTBackend
 
     ort_backend = OnnxRuntimeBackend(bundle, "fp32", "cpu")
-    trt_backend = TensorRTBackend(bundle, precision, "cuda", rebuild=False)
+    trt_backend = TensorRTBackend(bundle, precision, "cuda", rebuild=False, trust_bundle=True)  # built just now, here
     errors = {}
     for graph, feed in inputs.items():
         ref = getattr(ort_backend, f"run_{graph}")(*feed.values())

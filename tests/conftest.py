@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Bundles that tests build are recorded as trusted (deramos_rt.trust): keep that, and every other
+    ``$DERAMOS_CACHE`` entry, out of the user's own cache."""
+    before = os.environ.get("DERAMOS_CACHE")
+    os.environ["DERAMOS_CACHE"] = str(tmp_path_factory.mktemp("deramos-cache"))
+    yield os.environ["DERAMOS_CACHE"]
+    if before is None:
+        os.environ.pop("DERAMOS_CACHE", None)
+    else:
+        os.environ["DERAMOS_CACHE"] = before
 
 
 @pytest.fixture(scope="session")

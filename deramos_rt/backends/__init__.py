@@ -48,6 +48,8 @@ BACKENDS: dict[str, BackendSpec] = {
                          "train", "run"),
 }
 NAMES = (*BACKENDS, "auto")
+# Backends that load a bundle's compiled code: only from a trusted bundle (deramos_rt.trust).
+NATIVE = {"tensorrt": "TensorRT engines", "aoti": "AOTInductor packages"}
 
 
 def missing_packages(name: str) -> list[str]:
@@ -107,7 +109,7 @@ def gpu_present() -> bool:
 
 
 def open_backend(name: str, source, device: str | None = None, precision: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, trust_bundle: bool = False):
     """Open backend ``name`` on ``source`` (a :class:`deramos_rt.bundle.Bundle` or a run directory Path).
 
     Args:
@@ -116,13 +118,15 @@ def open_backend(name: str, source, device: str | None = None, precision: str | 
         device: ``cpu``, ``cuda``, ``cuda:N`` or None (the backend's best).
         precision: ``fp32``, ``int8``, ``fp16``, ``bf16`` or None (the backend's default).
         threads: CPU threads for the backend (None: its default).
+        trust_bundle: let tensorrt / aoti load this bundle's native code although it is not in the trust store.
 
     Raises:
-        DeramosError: unknown name, missing package, source of the wrong kind, or nothing works (auto).
+        DeramosError: unknown name, missing package, source of the wrong kind, an untrusted bundle's native
+            code, or nothing works (auto).
     """
     is_run = isinstance(source, Path)
     if name == "auto":
-        return _auto(source, is_run, device, precision, threads)
+        return _auto(source, is_run, device, precision, threads, trust_bundle)
     if name not in BACKENDS:
         raise DeramosError(f"unknown backend {name!r}; choose one of: {', '.join(NAMES)}")
     wanted = BACKENDS[name].source
@@ -133,15 +137,15 @@ def open_backend(name: str, source, device: str | None = None, precision: str | 
         raise DeramosError(f"backend {name!r} runs a bundle, but {source} is a run directory: build one with "
                            f"python -m export.build_engine --run {source} --out BUNDLE, or use --backend torch")
     cls = backend_class(name)
-    return _construct(name, cls, source, device, precision, threads)
+    return _construct(name, cls, source, device, precision, threads, trust_bundle)
 
 
-def _construct(name, cls, source, device, precision, threads):
+def _construct(name, cls, source, device, precision, threads, trust_bundle=False):
     if name == "onnxruntime":
         return cls(source, precision or "fp32", device or "cpu", threads or 0)
     if name == "torch":
         return cls(source, device=device, precision=precision)
-    return cls(source, precision=precision, device=device)
+    return cls(source, precision=precision, device=device, trust_bundle=trust_bundle)
 
 
 def _auto_candidates(bundle, device: str | None, precision: str | None) -> list[tuple[str, str, str, str]]:
@@ -171,14 +175,22 @@ def _parity_held(variant: dict) -> bool:
     return isinstance(parity, dict) and parity.get("status") == "passed"
 
 
-def _auto(source, is_run: bool, device, precision, threads):
+def _auto(source, is_run: bool, device, precision, threads, trust_bundle=False):
     if is_run:
         log.info("auto: backend torch (%s is a training run directory; build a bundle for a faster backend)", source)
         return open_backend("torch", source, device, precision, threads)
-    passed = []
+    passed, skipped = [], []
     for name, dev, prec, why in _auto_candidates(source, device, precision):
+        if name in NATIVE:
+            from deramos_rt.trust import native_refusal
+
+            refusal = native_refusal(source, NATIVE[name], trust_bundle)
+            if refusal:  # native code only on the user's word: skip it, say why, go on to the ONNX graphs
+                log.warning("auto: skipping %s (%s): %s", name, why, refusal)
+                skipped.append(f"{name}: the bundle is not trusted to run native code (--trust-bundle)")
+                continue
         try:
-            backend = open_backend(name, source, dev, prec, threads)
+            backend = open_backend(name, source, dev, prec, threads, trust_bundle)
         except DeramosError as exc:
             passed.append(f"{name} {prec} on {dev}: {exc}")
             continue
@@ -186,4 +198,5 @@ def _auto(source, is_run: bool, device, precision, threads):
         for line in passed:
             log.info("auto: passed over %s", line)
         return backend
-    raise DeramosError("no backend works here for bundle " f"{source.root}: " + "; ".join(passed or ["no candidate"]))
+    reasons = "; ".join(passed + skipped or ["no candidate"])
+    raise DeramosError(f"no backend works here for bundle {source.root}: {reasons}")

@@ -20,6 +20,7 @@ from deramos_rt.backends.base import BackendInfo
 from deramos_rt.backends.onnxruntime import parse_device, profile_shapes
 from deramos_rt.bundle import GRAPHS, Bundle
 from deramos_rt.errors import DeramosError
+from deramos_rt.trust import require_native_trust
 
 log = logging.getLogger(__name__)
 WORKSPACE_BYTES = 4 << 30
@@ -143,13 +144,17 @@ class TensorRTBackend:
         device: ``cuda`` or ``cuda:N``.
         rebuild: rebuild engines from the ONNX graphs when the bundle has none for this TensorRT / GPU.
         cache_dir: where rebuilt engines are kept (default ``~/.cache/deramos_rt/tensorrt/<bundle>``).
+        trust_bundle: the user trusts this bundle's engines for this run (else it must be in the trust
+            store: :mod:`deramos_rt.trust`).
 
     Raises:
-        DeramosError: TensorRT or CUDA unusable, or no engine for this machine and ``rebuild`` is off.
+        DeramosError: an untrusted bundle (checked before TensorRT is imported), TensorRT or CUDA unusable,
+            or no engine for this machine and ``rebuild`` is off.
     """
 
     def __init__(self, bundle: Bundle, precision: str = "fp16", device: str = "cuda", rebuild: bool = True,
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, trust_bundle: bool = False):
+        require_native_trust(bundle, "TensorRT engines", trust_bundle)
         kind, index = parse_device(device)
         if kind != "cuda":
             raise DeramosError(f"the tensorrt backend runs on cuda devices, not {device!r}")
