@@ -1,4 +1,4 @@
-"""The ``deramos-rt`` command: ``score``, ``info`` and ``compare``.
+"""The ``deramos-rt`` command: ``score``, ``info``, ``compare`` and ``trust``.
 
 ``deramos-rt score MANIFEST --out scores.csv`` scores every clip of a manifest (``deramos_rt.manifest``) into a
 score file (``deramos_rt.scorefile``);
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--overwrite", action="store_true", help="discard existing output")
     score.add_argument("--probs", action="store_true", help="also write the MI / TA distributions")
     score.add_argument("--report", metavar="DIR", help="write a comparison report (deramos-rt compare) here")
+    score.add_argument("--trust-bundle", action="store_true",
+                       help="let tensorrt / aoti (and auto) load this bundle's native code although it is not "
+                            "trusted here (see deramos-rt trust); ONNX graphs never need it")
     score.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                        help="score on Ray Data (pip install 'deramos_rt[ray]'); --out is then a folder. ADDRESS: a "
                             "Ray cluster (auto, HOST:6379, ray://HOST:10001); none: a local Ray instance")
@@ -57,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --ray: CPUs per actor (also its backend threads unless --threads)")
     score.add_argument("--format", choices=["csv", "parquet"], default="csv", help="with --ray: per-clip file format")
     sub.add_parser("info", help="backends, providers, devices, versions and what is missing")
+    add_trust_arguments(sub.add_parser("trust", help="trust a bundle's native code (TensorRT engines, AOTInductor "
+                                                   "packages) on this machine"))
     add_compare_arguments(sub.add_parser("compare", help="compare systems from a score file"))
     return parser
 
@@ -68,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.command == "info":
         return run_cli("deramos-rt", info)
+    if args.command == "trust":
+        return run_cli("deramos-rt", lambda: run_trust(args))
     if args.command == "compare":
         return run_cli("deramos-rt", lambda: run_compare(args))
     return run_cli("deramos-rt", lambda: score(args))
@@ -111,7 +118,7 @@ def score(args: argparse.Namespace) -> int:
     with step("open backend") as info:
         scorer = Scorer(args.bundle, backend=args.backend, device=args.device, batch_size=args.batch_size,
                         decode_workers=args.decode_workers, long_audio=args.long_audio, precision=args.precision,
-                        threads=args.threads)
+                        threads=args.threads, trust_bundle=args.trust_bundle)
         backend = scorer.backend.info
         info.update(backend=backend.name, precision=backend.precision, device=backend.device)
     log.info("backend detail: %s; model %s; batch %d", backend.detail, scorer.source.identity, scorer.batch_size)
@@ -158,6 +165,9 @@ def score_ray(args: argparse.Namespace) -> int:
     """``score --ray``: the manifest on Ray Data (see ``deramos_rt.distributed``); --out is a folder."""
     from deramos_rt.distributed import score_dataset
 
+    if args.trust_bundle:
+        raise DeramosError("--trust-bundle is not passed to Ray actors: trust the bundle on every node with "
+                           "deramos-rt trust BUNDLE instead")
     if args.musiceval is not None or args.manifest is None:
         raise DeramosError("--ray scores a MANIFEST, given before --ray (deramos-rt score MANIFEST --out DIR --ray "
                            "[ADDRESS]); --musiceval is not supported with --ray")
@@ -225,6 +235,33 @@ def run_compare(args: argparse.Namespace) -> int:
         if metric in results["power"]:
             print(results["power"][metric]["line"])
     print("wrote " + ", ".join(str(p) for p in paths))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------ trust
+
+
+def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``deramos-rt trust`` subcommand's arguments."""
+    parser.add_argument("bundle", help="bundle folder to trust (every file is hash-checked first)")
+    parser.add_argument("--remove", action="store_true", help="remove the bundle from the trust store instead")
+
+
+def run_trust(args: argparse.Namespace) -> int:
+    """``deramos-rt trust BUNDLE [--remove]``: print the sha256 trusted (or removed) and what that allows."""
+    from deramos_rt.bundle import load_bundle
+    from deramos_rt.trust import native_summary, store_path, trust, untrust
+
+    bundle = load_bundle(args.bundle)
+    if args.remove:
+        found = untrust(bundle.sha256)
+        print(f"{'removed' if found else 'was not trusted'}: bundle {bundle.root} (manifest sha256 {bundle.sha256})"
+              f"; store {store_path()}")
+        return EXIT_OK
+    trust(bundle)
+    print(f"trusted bundle {bundle.root}: manifest sha256 {bundle.sha256} (store {store_path()}). It has "
+          f"{native_summary(bundle.manifest)}; the tensorrt and aoti backends (and auto) may now load its native "
+          "code on this machine. Any change to any of its files makes it a different, untrusted bundle.")
     return EXIT_OK
 
 

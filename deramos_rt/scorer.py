@@ -27,6 +27,7 @@ import numpy as np
 from deramos_rt.audio import LONG_AUDIO
 from deramos_rt.errors import DeramosError
 from deramos_rt.pipeline import Prepared, make_request, prepared_stream
+from deramos_rt.text import check_text_graph, check_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class Scorer:
         long_audio: ``truncate`` (the paper's protocol: the first clip-length seconds) or ``windows``.
         precision: ``fp32``, ``int8``, ``fp16`` or ``bf16`` where the backend has it (None: its default).
         threads: CPU threads for the backend (None: its default).
+        trust_bundle: let the tensorrt / aoti backends (and ``auto``) load this bundle's native code although
+            it is not in the local trust store (``deramos_rt.trust``; ONNX graphs never need it).
 
     Example::
 
@@ -96,7 +99,7 @@ class Scorer:
 
     def __init__(self, model=None, backend: str = "auto", device: str | None = None,
                  batch_size: int | None = None, decode_workers: int | None = None, long_audio: str = "truncate",
-                 precision: str | None = None, threads: int | None = None):
+                 precision: str | None = None, threads: int | None = None, trust_bundle: bool = False):
         from deramos_rt.backends import open_backend
         from deramos_rt.source import resolve_source
 
@@ -107,9 +110,11 @@ class Scorer:
         if decode_workers is not None and int(decode_workers) < 0:
             raise DeramosError(f"decode_workers must be 0 or more, got {decode_workers}")
         self.source = resolve_source(model, backend)
-        self.backend = open_backend(backend, self.source, device, precision, threads)
+        self.backend = open_backend(backend, self.source, device, precision, threads, trust_bundle)
         self.tokenizer = self.source.tokenizer()
         self.protocol = self.source.protocol
+        # Before any work: the text graph takes every id the tokenizer can produce (docs/security.md).
+        check_text_graph(self.backend.run_text, self.tokenizer.vocab_size, self.source.root)
         on_gpu = self.backend.info.device.startswith(("cuda", "tensorrt"))
         self.batch_size = int(batch_size) if batch_size else (32 if on_gpu else 8)
         self.decode_workers = decode_workers
@@ -218,6 +223,7 @@ class Scorer:
         if not new:
             return
         tokens = self.tokenizer(new)
+        check_token_ids(tokens.input_ids, self.tokenizer.vocab_size)
         text_x = self.backend.run_text(tokens.input_ids, tokens.attention_mask)
         for i, p in enumerate(new):
             real = int(tokens.attention_mask[i].sum())

@@ -1,9 +1,13 @@
 """Prompt tokenisation with the ``tokenizers`` library (no transformers, no torch, no model hub).
 
 A tokenizer comes from a local folder (``tokenizer.json``, or RoBERTa's ``vocab.json`` + ``merges.txt``,
-or BERT's ``vocab.txt``) or is the built-in ``tiny`` one used by tests and demos. Every loaded tokenizer
-is checked against the vocabulary size the model expects: transformers 5 offline silently returns a
-5-token tokenizer, and a wrong vocabulary gives garbage scores without any error.
+or BERT's ``vocab.txt``), from a bundle's ``tokenizer.json``, or is the built-in ``tiny`` one used by tests
+and demos. Every loaded tokenizer is checked (:func:`check_vocabulary`): at least a plausible vocabulary
+(transformers 5 offline silently returns a 5-token tokenizer, and a wrong vocabulary gives garbage scores
+without any error), the size the model expects, and no token id it can produce past that size. Token ids
+are checked again before they reach a text graph (:func:`check_token_ids`), and
+:func:`check_text_graph` proves once that the graph's embedding takes the largest of them: an id past the
+embedding table would otherwise end a job in the middle with the inference library's traceback.
 """
 
 from __future__ import annotations
@@ -72,20 +76,79 @@ class PromptTokenizer:
         self._tok.save(str(path))
         return Path(path)
 
+    def max_token_id(self) -> int:
+        """The largest id this tokenizer can produce: its vocabulary's and the special tokens' its
+        post-processor adds (those ids are written in the template, not looked up in the vocabulary).
+
+        Raises:
+            DeramosError: the tokenizer fails on a plain prompt.
+        """
+        ids = list(self._tok.get_vocab(with_added_tokens=True).values())
+        try:
+            # Unknown characters too: a WordPiece model without its [UNK] token fails on them.
+            for probe in ("", "A calm piano piece, 120 BPM \u266a \u03a9\u03bc\u03ad\u03b3\u03b1"):
+                ids += self._tok.encode(probe).ids
+        except Exception as exc:  # tokenizers raises its own Exception subclass (e.g. a missing [UNK])
+            raise DeramosError(f"the tokenizer fails on a plain prompt: {exc}") from exc
+        return max(ids, default=-1)
+
     def __call__(self, prompts: list[str]) -> TokenBatch:
         if isinstance(prompts, str):
             prompts = [prompts]
         for i, p in enumerate(prompts):
             if not isinstance(p, str):
                 raise DeramosError(f"prompt #{i} must be a string, got {type(p).__name__}")
-        encodings = self._tok.encode_batch(list(prompts))
+        try:
+            encodings = self._tok.encode_batch(list(prompts))
+        except Exception as exc:  # tokenizers' own exception type; a prompt must not end a job with a traceback
+            raise DeramosError(f"the tokenizer failed on a prompt batch: {exc}") from exc
         length = max(len(e.ids) for e in encodings) if encodings else 0
         ids = np.full((len(encodings), length), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), length), dtype=np.int64)
         for row, enc in enumerate(encodings):
             ids[row, : len(enc.ids)] = enc.ids
             mask[row, : len(enc.ids)] = 1
+        check_token_ids(ids, self.vocab_size, "the tokenizer's vocabulary")
         return TokenBatch(ids, mask, tuple(bool(enc.overflowing) for enc in encodings))
+
+
+def check_token_ids(input_ids: np.ndarray, vocab_size: int, what: str = "the model's vocabulary") -> None:
+    """Refuse token ids outside ``[0, vocab_size)`` before they reach a text graph's embedding.
+
+    Raises:
+        DeramosError: an id is out of range (the first one is named).
+    """
+    if input_ids.size and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        bad = int(input_ids[(input_ids < 0) | (input_ids >= vocab_size)][0])
+        raise DeramosError(f"token id {bad} is outside {what} (0 to {vocab_size - 1}): the tokenizer does not "
+                           "belong to this model's text graph")
+
+
+def check_text_graph(run_text, vocab_size: int, source) -> None:
+    """Run a text graph once on the largest valid token id, ``vocab_size - 1``.
+
+    A graph whose embedding table is smaller than the vocabulary the manifest claims fails here, in one
+    line before any work, instead of on the first prompt that uses a high id. (CPU kernels raise on an
+    out-of-range gather; GPU kernels may not, so the manifest's ``vocab_size`` stays the limit there.)
+
+    Args:
+        run_text: the backend's ``run_text(input_ids, attention_mask)``.
+        vocab_size: the tokenizer's vocabulary, already checked against the model's.
+        source: the bundle or run directory, for the message.
+
+    Raises:
+        DeramosError: the graph rejects the id.
+    """
+    ids = np.full((1, 1), vocab_size - 1, dtype=np.int64)
+    try:
+        run_text(ids, np.ones_like(ids))
+    except DeramosError:
+        raise
+    except Exception as exc:  # each inference library raises its own types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DeramosError(f"the text graph of {source} rejects token id {vocab_size - 1} ({first}): its embedding "
+                           f"is smaller than the tokenizer's vocabulary of {vocab_size}, so the model's vocab_size "
+                           "is wrong") from exc
 
 
 def pad_sequences(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -112,21 +175,41 @@ def load_tokenizer(spec: str | Path, max_tokens: int, expected_vocab_size: int |
     """
     tok, pad_id = _tiny() if str(spec) == TINY else _from_folder(Path(spec))
     out = PromptTokenizer(tok, max_tokens, pad_id)
-    if out.vocab_size < MIN_PLAUSIBLE_VOCAB:
-        raise DeramosError(
-            f"tokenizer from {spec} has only {out.vocab_size} tokens; this is not a real vocabulary "
-            "(the transformers offline fallback?). Point to a folder with tokenizer.json or vocab files."
-        )
-    if expected_vocab_size is not None and out.vocab_size != expected_vocab_size:
-        raise DeramosError(
-            f"tokenizer from {spec} has {out.vocab_size} tokens but the model expects {expected_vocab_size}"
-        )
+    check_vocabulary(out, f"from {spec}", expected_vocab_size,
+                     " (the transformers offline fallback?). Point to a folder with tokenizer.json or vocab files.")
     return out
+
+
+def check_vocabulary(tokenizer: PromptTokenizer, name: str, expected_vocab_size: int | None = None,
+                     hint: str = "") -> None:
+    """A loaded tokenizer's vocabulary is plausible, the size the model expects, and covers every id it
+    can produce.
+
+    Args:
+        tokenizer: the tokenizer to check.
+        name: how to name it in a message (``"from DIR"``, a file).
+        expected_vocab_size: the vocabulary (embedding rows) of the model's text graph, when known.
+        hint: appended to the message about an implausibly small vocabulary.
+
+    Raises:
+        DeramosError: fewer than :data:`MIN_PLAUSIBLE_VOCAB` tokens, a size other than the expected one, or a
+            token id (special tokens included) at or past its vocabulary size.
+    """
+    size = tokenizer.vocab_size
+    if size < MIN_PLAUSIBLE_VOCAB:
+        raise DeramosError(f"tokenizer {name} has only {size} tokens; this is not a real vocabulary{hint}")
+    if expected_vocab_size is not None and size != expected_vocab_size:
+        raise DeramosError(f"tokenizer {name} has {size} tokens but the model expects {expected_vocab_size}")
+    top = tokenizer.max_token_id()
+    if top >= size:
+        raise DeramosError(f"tokenizer {name} can produce token id {top}, past its vocabulary of {size} tokens "
+                           "(the text graph's embedding rows): not a tokenizer for this model")
 
 
 def load_tokenizer_file(path: str | Path, max_tokens: int, pad_id: int,
                         expected_vocab_size: int | None = None) -> PromptTokenizer:
-    """Load a bundle's ``tokenizer.json`` (written by :meth:`PromptTokenizer.save`), vocabulary checked."""
+    """Load a bundle's ``tokenizer.json`` (written by :meth:`PromptTokenizer.save`), vocabulary checked
+    like :func:`load_tokenizer`'s (:func:`check_vocabulary`)."""
     from tokenizers import Tokenizer
 
     path = Path(path)
@@ -135,8 +218,7 @@ def load_tokenizer_file(path: str | Path, max_tokens: int, pad_id: int,
     except Exception as exc:  # tokenizers raises its own Exception subclass for any unreadable file
         raise DeramosError(f"cannot read tokenizer file {path}: {exc}") from exc
     out = PromptTokenizer(tok, max_tokens, pad_id)
-    if expected_vocab_size is not None and out.vocab_size != expected_vocab_size:
-        raise DeramosError(f"tokenizer {path} has {out.vocab_size} tokens but the model expects {expected_vocab_size}")
+    check_vocabulary(out, str(path), expected_vocab_size, ": rebuild the bundle with its model's real tokenizer")
     return out
 
 

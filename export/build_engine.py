@@ -102,6 +102,9 @@ def build_bundle(run_dir: str | Path, out_dir: str | Path, precisions: Sequence[
         _replace(work, out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    from deramos_rt.trust import record_built
+
+    record_built(out_dir)  # built here, so its native code may load here (deramos_rt.trust)
     return out_dir
 
 

@@ -80,7 +80,7 @@ def check_engines(bundle, precision: str, inputs: dict[str, dict[str, np.ndarray
     from deramos_rt.backends.tensorrt import TensorRTBackend
 
     ort_backend = OnnxRuntimeBackend(bundle, "cpu", "fp32")
-    trt_backend = TensorRTBackend(bundle, "cuda", precision, rebuild=False)
+    trt_backend = TensorRTBackend(bundle, "cuda", precision, rebuild=False, trust_bundle=True)  # built just now, here
     errors = {}
     for graph, feed in inputs.items():
         ref = getattr(ort_backend, f"run_{graph}")(*feed.values())

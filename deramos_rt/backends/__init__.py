@@ -49,6 +49,8 @@ BACKENDS: dict[str, BackendSpec] = {
                          "train", "run"),
 }
 NAMES = (*BACKENDS, "auto")
+# Backends that load a bundle's compiled code: only from a trusted bundle (deramos_rt.trust).
+NATIVE = {"tensorrt": "TensorRT engines", "aoti": "AOTInductor packages"}
 
 
 def missing_packages(name: str) -> list[str]:
@@ -108,7 +110,7 @@ def gpu_present() -> bool:
 
 
 def open_backend(name: str, source, device: str | None = None, precision: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, trust_bundle: bool = False):
     """Open backend ``name`` on ``source`` (a bundle or a run source, see :mod:`deramos_rt.source`).
 
     Args:
@@ -117,18 +119,21 @@ def open_backend(name: str, source, device: str | None = None, precision: str | 
         device: ``cpu``, ``cuda``, ``cuda:N`` or None (the backend's default).
         precision: ``fp32``, ``int8``, ``fp16``, ``bf16`` or None (the backend's default).
         threads: CPU threads for the backend (None: its default).
+        trust_bundle: let tensorrt / aoti load this bundle's native code although it is not in the trust store.
 
     Raises:
-        DeramosError: unknown name, missing package, source of the wrong kind, or nothing works (auto).
+        DeramosError: unknown name, missing package, source of the wrong kind, an untrusted bundle's native
+            code, or nothing works (auto).
     """
     if name == "auto":
-        return _auto(source, device, precision, threads)
+        return _auto(source, device, precision, threads, trust_bundle)
     if name not in BACKENDS:
         raise DeramosError(f"unknown backend {name!r}; choose one of: {', '.join(NAMES)}")
     wanted = BACKENDS[name].source
     if wanted != source.kind:
         raise DeramosError(_wrong_kind(name, source))
-    return backend_class(name)(source, device=device, precision=precision, threads=threads)
+    native = {"trust_bundle": trust_bundle} if name in NATIVE else {}  # native code only on the user's word
+    return backend_class(name)(source, device=device, precision=precision, threads=threads, **native)
 
 
 def _wrong_kind(name: str, source) -> str:
@@ -166,14 +171,22 @@ def _parity_held(variant: dict) -> bool:
     return isinstance(parity, dict) and parity.get("status") == "passed"
 
 
-def _auto(source, device, precision, threads):
+def _auto(source, device, precision, threads, trust_bundle=False):
     if source.kind == "run":
         log.info("auto: backend torch (%s is a training run directory; build a bundle for a faster backend)", source.root)
         return open_backend("torch", source, device, precision, threads)
-    passed = []
+    passed, skipped = [], []
     for name, dev, prec, why in _auto_candidates(source, device, precision):
+        if name in NATIVE:
+            from deramos_rt.trust import native_refusal
+
+            refusal = native_refusal(source, NATIVE[name], trust_bundle)
+            if refusal:  # native code only on the user's word: skip it, say why, go on to the ONNX graphs
+                log.warning("auto: skipping %s (%s): %s", name, why, refusal)
+                skipped.append(f"{name}: the bundle is not trusted to run native code (--trust-bundle)")
+                continue
         try:
-            backend = open_backend(name, source, dev, prec, threads)
+            backend = open_backend(name, source, dev, prec, threads, trust_bundle)
         except DeramosError as exc:
             passed.append(f"{name} {prec} on {dev}: {exc}")
             continue
@@ -181,4 +194,5 @@ def _auto(source, device, precision, threads):
         for line in passed:
             log.info("auto: passed over %s", line)
         return backend
-    raise DeramosError("no backend works here for bundle " f"{source.root}: " + "; ".join(passed or ["no candidate"]))
+    reasons = "; ".join(passed + skipped or ["no candidate"])
+    raise DeramosError(f"no backend works here for bundle {source.root}: {reasons}")

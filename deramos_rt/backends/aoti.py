@@ -17,6 +17,7 @@ import numpy as np
 from deramos_rt.backends.base import BackendInfo
 from deramos_rt.bundle import GRAPHS
 from deramos_rt.errors import DeramosError
+from deramos_rt.trust import require_native_trust
 
 # CPU features compiled code may use (gcc -march=native on the build machine picks from these).
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl",
@@ -89,13 +90,17 @@ class AotiBackend:
         device: must be the packages' device type (None: theirs).
         precision: must match the packages' (None: theirs).
         threads: torch's CPU threads while the backend is open (None: torch's default).
+        trust_bundle: the user trusts this bundle's native code for this run (else it must be in the trust
+            store: :mod:`deramos_rt.trust`).
 
     Raises:
-        DeramosError: no packages, a torch version / device / CPU instruction set / GPU mismatch, or a
-            package that does not load (named).
+        DeramosError: an untrusted bundle (checked before anything is read), no packages, a torch version /
+            device / CPU instruction set / GPU mismatch, or a package that does not load (named).
     """
 
-    def __init__(self, bundle, device: str | None = None, precision: str | None = None, threads: int | None = None):
+    def __init__(self, bundle, device: str | None = None, precision: str | None = None, threads: int | None = None,
+                 *, trust_bundle: bool = False):
+        require_native_trust(bundle, "AOTInductor packages", trust_bundle)
         import torch
         import torch._inductor
 

@@ -11,7 +11,6 @@ onnxruntime is imported inside the class, so ``import deramos_rt`` never needs i
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +90,9 @@ def trt_profile_options(manifest: dict[str, Any], graph: str) -> dict[str, str]:
 
 def default_cache_dir(bundle: Bundle) -> Path:
     """Per-bundle cache folder for provider engine caches (``$DERAMOS_CACHE`` or ``~/.cache/deramos_rt``)."""
-    base = Path(os.environ.get("DERAMOS_CACHE", Path.home() / ".cache" / "deramos_rt"))
+    from deramos_rt.models import cache_root
+
+    base = cache_root()
     return base / "ort-tensorrt" / bundle.sha256[:16]
 
 

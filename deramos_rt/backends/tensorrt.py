@@ -10,7 +10,6 @@ reason). tensorrt and cuda-python are imported lazily: neither can be installed 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from deramos_rt.backends.base import BackendInfo
 from deramos_rt.backends.onnxruntime import parse_device, profile_shapes
 from deramos_rt.bundle import GRAPHS, Bundle
 from deramos_rt.errors import DeramosError
+from deramos_rt.trust import require_native_trust
 
 log = logging.getLogger(__name__)
 WORKSPACE_BYTES = 4 << 30
@@ -130,7 +130,9 @@ def build_plan(trt, onnx_path: str | Path, shapes: dict[str, tuple], fp16: bool,
 
 
 def default_cache_dir(bundle: Bundle) -> Path:
-    base = Path(os.environ.get("DERAMOS_CACHE", Path.home() / ".cache" / "deramos_rt"))
+    from deramos_rt.models import cache_root
+
+    base = cache_root()
     return base / "tensorrt" / bundle.sha256[:16]
 
 
@@ -144,13 +146,18 @@ class TensorRTBackend:
         threads: unused (the engines run on the GPU); accepted so every backend opens the same way.
         rebuild: rebuild engines from the ONNX graphs when the bundle has none for this TensorRT / GPU.
         cache_dir: where rebuilt engines are kept (default ``~/.cache/deramos_rt/tensorrt/<bundle>``).
+        trust_bundle: the user trusts this bundle's engines for this run (else it must be in the trust
+            store: :mod:`deramos_rt.trust`).
 
     Raises:
-        DeramosError: TensorRT or CUDA unusable, or no engine for this machine and ``rebuild`` is off.
+        DeramosError: an untrusted bundle (checked before TensorRT is imported), TensorRT or CUDA unusable,
+            or no engine for this machine and ``rebuild`` is off.
     """
 
     def __init__(self, bundle: Bundle, device: str | None = None, precision: str | None = None,
-                 threads: int | None = None, *, rebuild: bool = True, cache_dir: str | Path | None = None):
+                 threads: int | None = None, *, rebuild: bool = True, cache_dir: str | Path | None = None,
+                 trust_bundle: bool = False):
+        require_native_trust(bundle, "TensorRT engines", trust_bundle)
         device, precision = device or "cuda", precision or "fp16"
         kind, index = parse_device(device)
         if kind != "cuda":

@@ -59,9 +59,9 @@ def test_backend_refuses_another_torch_before_loading(tmp_path):
                 "aoti": {**SECTION, "torch_version": "1.0.0", "isa": cpu_isa()}}
     write_manifest(root, manifest)
     with pytest.raises(DeramosError, match="compiled by torch 1.0.0, this is torch"):
-        AotiBackend(load_bundle(root))
+        AotiBackend(load_bundle(root), trust_bundle=True)
     manifest["aoti"]["torch_version"] = __import__("torch").__version__
     write_manifest(root, manifest)
     with pytest.raises(DeramosError, match="cannot load AOTInductor package .*audio.pt2"):
-        AotiBackend(load_bundle(root))
+        AotiBackend(load_bundle(root), trust_bundle=True)
     assert json.loads((root / "deramos.json").read_text())["files"]["aoti/ta.pt2"]["bytes"] == 13

@@ -101,3 +101,83 @@ def test_roberta_tokenizer_from_vocab_and_merges_matches_transformers(tmp_path):
         got = batch.input_ids[row, : int(batch.attention_mask[row].sum())].tolist()
         assert got == expected, prompt
     assert batch.input_ids[0, 0] == vocab["<s>"] and ours.pad_id == vocab["<pad>"]
+
+
+# ----------------------------------------------------------------------------- checks on untrusted tokenizers
+
+
+def _tiny_json() -> dict:
+    from deramos_rt.text import _tiny
+
+    return json.loads(_tiny()[0].to_str())
+
+
+def _write(tmp_path, data: dict) -> Path:
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_bundle_tokenizer_gets_the_plausible_minimum_too(tmp_path):
+    from deramos_rt.text import load_tokenizer_file
+
+    data = _tiny_json()
+    data["model"]["vocab"] = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
+    with pytest.raises(DeramosError, match="has only 4 tokens; this is not a real vocabulary: rebuild the bundle"):
+        load_tokenizer_file(_write(tmp_path, data), 16, 0, expected_vocab_size=4)  # the manifest agrees: still refused
+
+
+@pytest.mark.parametrize("change, top", [
+    (lambda d: d["post_processor"]["special_tokens"]["[CLS]"].update(ids=[100000]), 100000),  # template id
+    (lambda d: d["model"]["vocab"].update(zzz=99999), 99999),  # a vocabulary id past the vocabulary's size
+])
+def test_ids_past_the_vocabulary_are_refused_at_load(tmp_path, change, top):
+    from deramos_rt.text import load_tokenizer_file
+
+    data = _tiny_json()
+    change(data)
+    size = len(data["model"]["vocab"])
+    with pytest.raises(DeramosError, match=f"can produce token id {top}, past its vocabulary of {size} tokens"):
+        load_tokenizer_file(_write(tmp_path, data), 16, 0, expected_vocab_size=size)
+
+
+def test_a_tokenizer_that_fails_on_prompts_is_one_error(tmp_path):
+    from deramos_rt.text import load_tokenizer_file
+
+    data = _tiny_json()
+    data["model"]["unk_token"] = "[NOT-THERE]"  # WordPiece then raises on any unknown word
+    with pytest.raises(DeramosError, match="the tokenizer fails on a plain prompt"):
+        load_tokenizer_file(_write(tmp_path, data), 16, 0)
+
+
+def test_token_ids_are_checked_before_inference():
+    import numpy as np
+
+    from deramos_rt.text import check_token_ids
+
+    check_token_ids(np.array([[0, 5, 171]]), 172)
+    check_token_ids(np.zeros((0, 0), np.int64), 172)
+    with pytest.raises(DeramosError, match="token id 172 is outside the model's vocabulary .0 to 171."):
+        check_token_ids(np.array([[2, 172, 3]]), 172)
+    with pytest.raises(DeramosError, match="token id -1 is outside"):
+        check_token_ids(np.array([[2, -1]]), 172)
+
+
+def test_text_graph_probe_turns_a_too_small_embedding_into_one_line():
+    import numpy as np
+
+    from deramos_rt.text import check_text_graph
+
+    rows = 50
+    table = np.zeros((rows, 4), np.float32)
+    seen = []
+
+    def run_text(ids, mask):
+        seen.append(ids.tolist())
+        return table[ids]  # numpy raises IndexError past the table, as ORT's CPU Gather does
+
+    check_text_graph(run_text, rows, "B")
+    assert seen == [[[rows - 1]]]
+    with pytest.raises(DeramosError, match="the text graph of B rejects token id 79 .index 79 is out of bounds.*"
+                                           "smaller than the tokenizer's vocabulary of 80"):
+        check_text_graph(run_text, 80, "B")
