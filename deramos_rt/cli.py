@@ -200,6 +200,8 @@ def _report(args: argparse.Namespace) -> None:
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``compare`` arguments to a (sub)parser."""
+    from deramos_rt.compare import AUTO_ALL_SYSTEMS
+
     parser.add_argument("scores", help="score file of `deramos-rt score` (.csv or .jsonl) or a "
                         "predictions_<split>.csv of training.evaluate")
     parser.add_argument("--out", required=True, help="report folder (report.html, report.md, results.json)")
@@ -208,14 +210,41 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None, choices=["train", "dev", "test"],
                         help="split of --musiceval whose labels to use")
     parser.add_argument("--baseline", default=None, help="compare each system with this one only")
+    parser.add_argument("--pairs", default="auto", type=_pairs_argument, metavar="auto|all|best|N",
+                        help=f"which pairs: all (every pair), best (each system against the highest mean), N "
+                        f"(all pairs among the N highest means, the rest against the best); auto (default): "
+                        f"all up to {AUTO_ALL_SYSTEMS} systems, else best")
     parser.add_argument("--metric", default="mi,ta", help="comma-separated: mi, ta or mi,ta")
-    parser.add_argument("--resamples", type=int, default=10000, help="bootstrap / permutation resamples")
+    parser.add_argument("--resamples", type=int, default=10000,
+                        help="bootstrap resamples; each permutation test draws at least as many permutations "
+                        "(more when many pairs share the correction)")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def _pairs_argument(text: str):
+    from deramos_rt.compare import PAIR_MODES
+
+    text = text.strip().lower()
+    if text in PAIR_MODES:
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected {', '.join(PAIR_MODES)} or a number of top systems, got {text!r}")
+
+
+def _print_verdicts(results: dict, metric: str) -> None:
+    from deramos_rt.compare import MAX_PRINTED_VERDICTS, NO_DIFFERENCE
+
+    found = [p for p in results["pairs"].get(metric, []) if p["verdict"] != NO_DIFFERENCE]
+    for pair in found[:MAX_PRINTED_VERDICTS]:
+        print(f"{metric.upper()}: {pair['verdict']} (diff {pair['diff']:+.3f}, Holm p {pair['p_holm']:.3g})")
+    if len(found) > MAX_PRINTED_VERDICTS:
+        print(f"{metric.upper()}: ... and {len(found) - MAX_PRINTED_VERDICTS} more verdicts in report.md")
 
 
 def run_compare(args: argparse.Namespace) -> int:
     """Run ``compare`` from parsed arguments; write the report; return the exit code."""
-    from deramos_rt.compare import NO_DIFFERENCE, compare, musiceval_labels
+    from deramos_rt.compare import compare, musiceval_labels
     from deramos_rt.compare_report import write_report
 
     labels = args.labels
@@ -225,13 +254,11 @@ def run_compare(args: argparse.Namespace) -> int:
         labels = musiceval_labels(args.musiceval, args.split)
     metrics = tuple(m.strip().lower() for m in args.metric.split(",") if m.strip())
     results = compare(args.scores, labels=labels, baseline=args.baseline, metrics=metrics,
-                      resamples=args.resamples, seed=args.seed)
+                      resamples=args.resamples, seed=args.seed, pairs=args.pairs)
+    log.info("writing the report to %s", args.out)
     paths = write_report(results, args.out, Path(args.scores).parent)
     for metric in metrics:
-        for pair in results["pairs"].get(metric, []):
-            if pair["verdict"] != NO_DIFFERENCE:
-                print(f"{metric.upper()}: {pair['verdict']} (diff {pair['diff']:+.3f}, "
-                      f"Holm p {pair['p_holm']:.3g})")
+        _print_verdicts(results, metric)
         if metric in results["power"]:
             print(results["power"][metric]["line"])
     print("wrote " + ", ".join(str(p) for p in paths))

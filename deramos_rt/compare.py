@@ -5,20 +5,26 @@ JSONL) or a ``predictions_<split>.csv`` of ``training.evaluate``, and writes ``D
 self-contained file), ``DIR/report.md`` and ``DIR/results.json``. :func:`compare` returns the numbers that
 go to ``results.json``.
 
-Statistics (scipy.stats wherever it has the method):
+Statistics (the methods of scipy.stats, vectorised over pairs in deramos_rt.compare_resampling):
 
 * per system: the mean with a 95 % BCa bootstrap interval. The resampling unit is the prompt when any
   prompt was given to more than one system (clips of one prompt are not independent), else the clip;
 * per pair: the mean difference with a 95 % BCa interval, paired on the prompts both systems scored when
   they share at least two, else unpaired; the p-value of a permutation test (sign flips when paired),
-  Holm-corrected over the pairs of one metric; Wilcoxon signed-rank (paired) or Mann-Whitney U (unpaired)
-  as a second opinion; the verdict follows the corrected p-value;
+  Holm-corrected; Wilcoxon signed-rank (paired) or Mann-Whitney U (unpaired) as a second opinion; the
+  verdict follows the corrected p-value;
+* which pairs: all of them up to ``AUTO_ALL_SYSTEMS`` systems, else each system against the best (or on
+  request all, the best, the top N, or a ``--baseline``). Pairs picked from the data (the best, the top N)
+  are corrected over the family of all pairs, so picking them costs no false verdicts; enough
+  permutations are drawn for that correction to reach a verdict;
 * ranks: one joint bootstrap over the same unit gives each system's probability of ranking first and its
   95 % rank interval;
 * the number of prompts per system that would separate the closest pair at 80 % power;
 * with human labels: utterance- and system-level MSE / LCC / SRCC / KTAU with percentile intervals.
 
-This module imports numpy only at import time; scipy and matplotlib load when used.
+A score that is NaN, infinite or outside [1, 5] is invalid: left out of every statistic, counted per
+system and stated in the notes. Progress goes to the ``deramos.compare`` logger. This module imports numpy
+only at import time; scipy and matplotlib load when used.
 """
 
 from __future__ import annotations
@@ -28,11 +34,14 @@ import logging
 import math
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from deramos_rt.compare_resampling import (BLOCK, bca, counts_from_indices, label_shuffle_pvalues,
+                                           leave_one_out_means, ratio_intervals, resampled_means, row_chunks,
+                                           sign_flip_pvalues)
 from deramos_rt.errors import DeramosError
 from deramos_rt.metrics import mos_metrics, system_id
 from deramos_rt.scorefile import numbered_rows
@@ -45,6 +54,11 @@ POWER = 0.8
 BIN_CENTRES = np.linspace(1.0, 5.0, 20)
 NO_DIFFERENCE = "no detectable difference at this sample size"
 LABEL_RESAMPLES = 1000  # each label resample recomputes 16 correlations, so fewer than for the means
+SCORE_RANGE = (1.0, 5.0)
+_RANGE_SLACK = 1e-6  # a score is the mean of bins 1..5: rounding may put it a hair outside
+AUTO_ALL_SYSTEMS = 30  # up to this many systems the default is the full pair table
+PAIR_MODES = ("auto", "all", "best")
+MAX_PRINTED_VERDICTS = 20
 _PROMPT_ID = re.compile(r"_(P\d+)(?:\.wav)?$", re.IGNORECASE)
 
 
@@ -61,13 +75,18 @@ class Clip:
     probs: dict[str, np.ndarray | None] = field(default_factory=dict)
     error: str = ""
     labels: dict[str, float] = field(default_factory=dict)
+    invalid: dict[str, str] = field(default_factory=dict)  # metric -> the NaN / inf / out-of-range value
 
 
 # ----------------------------------------------------------------------------------------------- reading
 
 
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def _float(value, where: str) -> float:
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if _blank(value):
         return math.nan
     try:
         return float(value)
@@ -76,7 +95,7 @@ def _float(value, where: str) -> float:
 
 
 def _probs(value, where: str) -> np.ndarray | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if _blank(value):
         return None
     if isinstance(value, str):
         try:
@@ -134,7 +153,10 @@ def _clip(row: dict, where: str) -> Clip:
     clip = Clip(clip_id, system, prompt, unit, str(row.get("path") or "") or None,
                 error=str(row.get("error") or "").strip())
     for metric in METRICS:
-        clip.scores[metric] = _float(row.get(f"{metric}_pred" if predictions else metric), f"{where} {metric}")
+        raw = row.get(f"{metric}_pred" if predictions else metric)
+        clip.scores[metric] = _float(raw, f"{where} {metric}")
+        if not _blank(raw) and math.isnan(clip.scores[metric]):  # a written NaN, unlike an empty cell
+            clip.invalid[metric] = str(raw).strip()
         clip.probs[metric] = _probs(row.get(f"{metric}_probs"), f"{where} {metric}_probs")
         if predictions:
             clip.labels[metric] = _float(row.get(f"{metric}_true"), f"{where} {metric}_true")
@@ -185,11 +207,13 @@ def _clean(value):
     return value
 
 
-def holm(p_values: list[float]) -> list[float]:
+def holm(p_values: list[float], family: int | None = None) -> list[float]:
     """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); NaN stays NaN.
 
     Args:
-        p_values: raw p-values of one family of tests.
+        p_values: raw p-values of the tested hypotheses.
+        family: the size of the family when it holds more hypotheses than were tested (pairs picked from
+            the data out of all pairs); the untested ones count as not rejected.
 
     Returns:
         Adjusted p-values in the same order; reject at level a where adjusted p <= a.
@@ -198,30 +222,42 @@ def holm(p_values: list[float]) -> list[float]:
     out = np.full_like(p, math.nan)
     valid = np.flatnonzero(np.isfinite(p))
     order = valid[np.argsort(p[valid], kind="stable")]
-    m, running = order.size, 0.0
+    m, running = max(order.size, family or 0), 0.0
     for i, index in enumerate(order):
         running = max(running, min(1.0, (m - i) * p[index]))
         out[index] = running
     return out.tolist()
 
 
-def _bootstrap_ci(data: tuple, statistic, resamples: int, rng, paired: bool = False) -> tuple[float, float, str]:
-    """95 % BCa interval from scipy; percentile when BCa is undefined (e.g. a degenerate jackknife)."""
-    from scipy import stats
-
-    for method in ("BCa", "percentile"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # scipy warns on degenerate BCa and returns NaN, handled below
-            res = stats.bootstrap(data, statistic, n_resamples=resamples, method=method, paired=paired,
-                                  vectorized=True, rng=rng)
-        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-        if math.isfinite(low) and math.isfinite(high):
-            return low, high, method
-    return math.nan, math.nan, "none"
+def _no_interval(values: np.ndarray) -> dict:
+    return {"n": int(values.size), "mean": float(values.mean()) if values.size else math.nan,
+            "ci_low": math.nan, "ci_high": math.nan, "method": "none", "note": ""}
 
 
-def _ratio(sums, counts, axis=-1):
-    return np.sum(sums, axis=axis) / np.sum(counts, axis=axis)
+def _intervals(samples: list[tuple[np.ndarray, np.ndarray | None]], resamples: int, rng,
+               label: str | None = None) -> list[dict]:
+    """:func:`mean_ci` of many samples; samples with the same number of units share their resamples."""
+    results, groups = [], {}
+    for i, (values, units) in enumerate(samples):
+        values = np.asarray(values, dtype=np.float64)
+        result = _no_interval(values)
+        results.append(result)
+        keys, index = np.unique(np.arange(values.size) if units is None else units, return_inverse=True)
+        if keys.size < 2:
+            result["note"] = f"{values.size} scored clip(s) from {keys.size} unit: no interval"
+        elif np.ptp(values) == 0:
+            result.update(ci_low=result["mean"], ci_high=result["mean"], method="constant",
+                          note="all scores equal: zero-width interval")
+        else:
+            # Clips of one prompt move together: resample prompts, the mean stays the mean over clips.
+            groups.setdefault(keys.size, []).append(
+                (i, np.bincount(index, weights=values), np.bincount(index).astype(np.float64)))
+    for members in groups.values():
+        low, high, methods = ratio_intervals(np.stack([m[1] for m in members]), np.stack([m[2] for m in members]),
+                                             rng, resamples, label)
+        for (i, _, _), lo, hi, method in zip(members, low, high, methods):
+            results[i].update(ci_low=float(lo), ci_high=float(hi), method=str(method))
+    return results
 
 
 def mean_ci(values: np.ndarray, units: np.ndarray | None, resamples: int, rng) -> dict:
@@ -236,33 +272,80 @@ def mean_ci(values: np.ndarray, units: np.ndarray | None, resamples: int, rng) -
     Returns:
         ``{"n", "mean", "ci_low", "ci_high", "method", "note"}``; no interval below two units.
     """
-    values = np.asarray(values, dtype=np.float64)
-    result = {"n": int(values.size), "mean": float(values.mean()) if values.size else math.nan,
-              "ci_low": math.nan, "ci_high": math.nan, "method": "none", "note": ""}
-    if units is None:
-        units = np.arange(values.size)
-    keys, index = np.unique(units, return_inverse=True)
-    if keys.size < 2:
-        result["note"] = f"{values.size} scored clip(s) from {keys.size} unit: no interval"
-        return result
-    if np.ptp(values) == 0:
-        result.update(ci_low=result["mean"], ci_high=result["mean"], method="constant",
-                      note="all scores equal: zero-width interval")
-        return result
-    # Clips of one prompt move together: resample prompts, the mean stays the mean over clips.
-    sums = np.bincount(index, weights=values)
-    counts = np.bincount(index).astype(np.float64)
-    low, high, method = _bootstrap_ci((sums, counts), _ratio, resamples, rng, paired=True)
-    result.update(ci_low=low, ci_high=high, method=method)
-    return result
+    return _intervals([(values, units)], resamples, rng)[0]
 
 
-def _mean_diff(a, b, axis=-1):
-    return np.mean(a, axis=axis) - np.mean(b, axis=axis)
+def _test_rows(diff: np.ndarray, n_a: np.ndarray, n_b: np.ndarray, paired: bool) -> list[dict]:
+    return [{"diff": float(d), "ci_low": math.nan, "ci_high": math.nan, "method": "none", "p": math.nan,
+             "p_second": math.nan, "n_a": int(a), "n_b": int(b),
+             "second_test": "Wilcoxon signed-rank" if paired else "Mann-Whitney U"}
+            for d, a, b in zip(diff, n_a, n_b)]
 
 
-def _paired_stat(a, b, axis=-1):
-    return np.mean(a - b, axis=axis)
+def _set_intervals(out: list[dict], rows, low, high, methods) -> None:
+    for i, lo, hi, method in zip(rows, low, high, methods):
+        out[i].update(ci_low=float(lo), ci_high=float(hi), method=str(method))
+
+
+def _paired_tests(diffs: np.ndarray, resamples: int, permutations: int, rng, label: str | None = None) -> list[dict]:
+    """Paired comparisons of k pairs on the same number of shared prompts; rows are per-prompt a - b.
+
+    All rows share one set of bootstrap resamples and one set of sign flips; the per-row numbers are those
+    of ``scipy.stats.bootstrap`` / ``permutation_test`` on that row.
+    """
+    from scipy import stats
+
+    k, n = diffs.shape
+    out = _test_rows(diffs.mean(axis=1), np.full(k, n), np.full(k, n), True)
+    if n < 2:
+        return out
+    spread = np.ptp(diffs, axis=1)
+    constant = np.flatnonzero(spread == 0)
+    _set_intervals(out, constant, diffs[constant, 0], diffs[constant, 0], ["constant"] * constant.size)
+    varying = np.flatnonzero(spread > 0)
+    if varying.size:
+        _set_intervals(out, varying, *ratio_intervals(diffs[varying], np.ones((varying.size, n)), rng, resamples))
+    p = sign_flip_pvalues(diffs, rng, permutations, label)
+    for row, d, p_row in zip(out, diffs, p):
+        row["p"] = float(p_row)
+        # One call per pair: on a 2-D array scipy picks one method (exact or normal) for all rows.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # All differences zero: the rank test is undefined, and there is nothing to detect.
+            row["p_second"] = 1.0 if not d.any() else float(stats.wilcoxon(d).pvalue)
+    return out
+
+
+def _unpaired_tests(a: np.ndarray, b: np.ndarray, boot_a: list[np.ndarray], boot_b: list[np.ndarray],
+                    permutations: int, rng, label: str | None = None) -> list[dict]:
+    """Unpaired comparisons of k pairs with the same sample sizes: rows of a (k, n_a) and b (k, n_b).
+
+    ``boot_a[i]`` / ``boot_b[i]``: independent bootstrap means of row i's two samples (one array per system,
+    shared by all its pairs). The label shuffles are shared by the rows.
+    """
+    from scipy import stats
+
+    k, n_a, n_b = a.shape[0], a.shape[1], b.shape[1]
+    mean_a, mean_b = a.mean(axis=1), b.mean(axis=1)
+    out = _test_rows(mean_a - mean_b, np.full(k, n_a), np.full(k, n_b), False)
+    if min(n_a, n_b) < 2:
+        return out
+    jack_a = leave_one_out_means(a) - mean_b[:, None]
+    jack_b = mean_a[:, None] - leave_one_out_means(b)
+    for rows in row_chunks(k, boot_a[0].size):
+        theta_b = np.stack([boot_a[i] - boot_b[i] for i in range(rows.start, rows.stop)])
+        interval = bca(theta_b, mean_a[rows] - mean_b[rows], [jack_a[rows], jack_b[rows]])
+        _set_intervals(out, range(rows.start, rows.stop), *interval)
+    constant = np.flatnonzero(np.maximum(np.ptp(a, axis=1), np.ptp(b, axis=1)) == 0)
+    _set_intervals(out, constant, mean_a[constant] - mean_b[constant], mean_a[constant] - mean_b[constant],
+                   ["constant"] * constant.size)
+    p = label_shuffle_pvalues(a, b, rng, permutations, label)
+    for i, row in enumerate(out):
+        row["p"] = float(p[i])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            row["p_second"] = float(stats.mannwhitneyu(a[i], b[i]).pvalue)
+    return out
 
 
 def difference(a: np.ndarray, b: np.ndarray, paired: bool, resamples: int, rng) -> dict:
@@ -279,30 +362,12 @@ def difference(a: np.ndarray, b: np.ndarray, paired: bool, resamples: int, rng) 
         ``{"diff", "ci_low", "ci_high", "method", "p", "p_second", "second_test", "n_a", "n_b"}``; the
         p-values are NaN when there are fewer than two observations on a side.
     """
-    from scipy import stats
-
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    out = {"diff": float(a.mean() - b.mean()), "ci_low": math.nan, "ci_high": math.nan, "method": "none",
-           "p": math.nan, "p_second": math.nan, "n_a": int(a.size), "n_b": int(b.size),
-           "second_test": "Wilcoxon signed-rank" if paired else "Mann-Whitney U"}
-    if min(a.size, b.size) < 2:
+    if paired:
+        (out,) = _paired_tests((a - b)[None, :], resamples, resamples, rng)
         return out
-    stat = _paired_stat if paired else _mean_diff
-    spread = np.ptp(a - b) if paired else max(np.ptp(a), np.ptp(b))
-    if spread == 0:
-        out.update(ci_low=out["diff"], ci_high=out["diff"], method="constant")
-    else:
-        out["ci_low"], out["ci_high"], out["method"] = _bootstrap_ci((a, b), stat, resamples, rng, paired=paired)
-    perm = stats.permutation_test((a, b), stat, permutation_type="samples" if paired else "independent",
-                                  vectorized=True, n_resamples=resamples, rng=rng)
-    out["p"] = float(perm.pvalue)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            second = stats.wilcoxon(a, b) if paired else stats.mannwhitneyu(a, b)
-            out["p_second"] = float(second.pvalue)
-        except ValueError:  # all differences zero: the rank test is undefined, there is nothing to detect
-            out["p_second"] = 1.0
+    boots = [resampled_means(x, rng, resamples) for x in (a, b)] if min(a.size, b.size) >= 2 else [None, None]
+    (out,) = _unpaired_tests(a[None, :], b[None, :], boots[:1], boots[1:], resamples, rng)
     return out
 
 
@@ -349,38 +414,117 @@ def _pair_list(names: list[str], baseline: str | None) -> list[tuple[str, str]]:
     return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
 
 
-def _compare_pair(a: list[Clip], b: list[Clip], metric: str, resamples: int, rng) -> dict:
-    means_a, means_b = _unit_means(a, metric), _unit_means(b, metric)
-    shared = sorted(set(means_a) & set(means_b))
-    if len(shared) >= 2:
-        result = difference([means_a[u] for u in shared], [means_b[u] for u in shared], True, resamples, rng)
-        result.update(paired=True, shared_prompts=len(shared))
-        return result
-    va = [c.scores[metric] for c in _scored(a, metric)]
-    vb = [c.scores[metric] for c in _scored(b, metric)]
-    result = difference(va, vb, False, resamples, rng)
-    result.update(paired=False, shared_prompts=len(shared))
-    return result
+def pair_set(names: list[str], means: dict[str, float], baseline: str | None = None, pairs="auto") -> dict:
+    """Which pairs of one metric to test, and the Holm family they are corrected over.
+
+    Args:
+        names: the systems with scores, in report order.
+        means: each system's mean (picks the best and the top N).
+        baseline: each system against this one (a choice made before seeing the data).
+        pairs: ``"auto"`` (all up to ``AUTO_ALL_SYSTEMS`` systems, else ``"best"``), ``"all"``, ``"best"``
+            (each system against the highest mean) or N (all pairs among the N highest means, and every
+            other system against the best).
+
+    Returns:
+        ``{"mode", "reference", "pairs", "family"}``: ``family`` is None when the tested pairs are the whole
+        family, else the number of all pairs (the tested ones were picked from the data).
+    """
+    if baseline is not None:
+        return {"mode": "baseline", "reference": baseline, "pairs": _pair_list(names, baseline), "family": None}
+    mode = ("all" if len(names) <= AUTO_ALL_SYSTEMS else "best") if pairs == "auto" else pairs
+    if mode == "all" or (isinstance(mode, int) and mode >= len(names)) or len(names) < 3:
+        return {"mode": "all", "reference": None, "pairs": _pair_list(names, None), "family": None}
+    ranked = sorted(names, key=lambda n: (-means[n], n))
+    top = ranked[:1] if mode == "best" else ranked[:mode]
+    chosen = _pair_list(top, None) + [(ranked[0], name) for name in ranked[len(top):]]
+    return {"mode": "best" if len(top) == 1 else f"top {len(top)}", "reference": ranked[0], "pairs": chosen,
+            "family": len(names) * (len(names) - 1) // 2}
+
+
+def permutations_for(resamples: int, family: int) -> int:
+    """Permutations per test: at least ``resamples``, and enough that the smallest Holm-corrected Monte Carlo
+    p-value over ``family`` pairs, 2 * family / (permutations + 1), can reach a quarter of ``ALPHA``."""
+    return max(resamples, math.ceil(8 * family / ALPHA))
+
+
+def _unit_matrix(systems: dict[str, list[Clip]], names: list[str], metric: str) -> np.ndarray:
+    """(systems, units) mean score per prompt unit in sorted unit order; NaN where a system has none."""
+    means = [_unit_means(systems[name], metric) for name in names]
+    units = sorted(set().union(*means))
+    column = {u: j for j, u in enumerate(units)}
+    matrix = np.full((len(names), len(units)), math.nan)
+    for i, row in enumerate(means):
+        matrix[i, [column[u] for u in row]] = list(row.values())
+    return matrix
+
+
+def _group_pairs(matrix: np.ndarray, index: dict[str, int], values: dict[str, np.ndarray],
+                 pair_list: list[tuple[str, str]]) -> dict[tuple, list[int]]:
+    """Pairs with the same design: paired on the same shared prompts, or unpaired with the same sizes."""
+    groups: dict[tuple, list[int]] = {}
+    present = np.isfinite(matrix)
+    for i, (a, b) in enumerate(pair_list):
+        shared = present[index[a]] & present[index[b]]
+        if np.count_nonzero(shared) >= 2:
+            key = ("paired", shared.tobytes())
+        else:
+            key = ("unpaired", values[a].size, values[b].size)
+        groups.setdefault(key, []).append(i)
+    return groups
 
 
 def _pairs(systems: dict[str, list[Clip]], names: list[str], metric: str, baseline: str | None,
-           resamples: int, rng) -> list[dict]:
-    pairs = []
-    for a, b in _pair_list(names, baseline):
-        result = {"a": a, "b": b, **_compare_pair(systems[a], systems[b], metric, resamples, rng)}
-        if not math.isfinite(result["p"]):
-            result["note"] = (f"too few scored clips to test ({result['n_a']} vs {result['n_b']}; "
-                              "at least 2 on each side are needed)")
-        pairs.append(result)
-    adjusted = holm([p["p"] for p in pairs])
-    for pair, p_holm in zip(pairs, adjusted):
+           resamples: int, rng, pair_list: list[tuple[str, str]] | None = None, family: int | None = None,
+           permutations: int | None = None) -> list[dict]:
+    """Test the pairs (default: all, or each against ``baseline``), Holm-correct over ``family``, give verdicts."""
+    pair_list = _pair_list(names, baseline) if pair_list is None else pair_list
+    permutations = permutations or resamples
+    matrix, index = _unit_matrix(systems, names, metric), {n: i for i, n in enumerate(names)}
+    values = {n: np.array([c.scores[metric] for c in _scored(systems[n], metric)]) for n in names}
+    results: list[dict | None] = [None] * len(pair_list)
+    boots: dict[str, np.ndarray] = {}
+    for key, members in _group_pairs(matrix, index, values, pair_list).items():
+        label = f"{metric.upper()}: permutations for {len(members)} {key[0]} pair(s)"
+        if key[0] == "paired":
+            shared = np.frombuffer(key[1], dtype=bool)
+            diffs = np.stack([matrix[index[a], shared] - matrix[index[b], shared]
+                              for a, b in (pair_list[i] for i in members)])
+            tested = _paired_tests(diffs, resamples, permutations, rng, label)
+        else:
+            tested = _unpaired_group([pair_list[i] for i in members], values, boots, resamples, permutations,
+                                     rng, label)
+        for i, row in zip(members, tested):
+            a, b = pair_list[i]
+            shared = int(np.count_nonzero(np.isfinite(matrix[index[a]]) & np.isfinite(matrix[index[b]])))
+            results[i] = {"a": a, "b": b, **row, "paired": key[0] == "paired", "shared_prompts": shared}
+    return _verdicts(results, family)
+
+
+def _unpaired_group(pairs: list[tuple[str, str]], values: dict[str, np.ndarray], boots: dict[str, np.ndarray],
+                    resamples: int, permutations: int, rng, label: str) -> list[dict]:
+    if min(values[pairs[0][0]].size, values[pairs[0][1]].size) >= 2:
+        for name in (n for pair in pairs for n in pair):
+            if name not in boots:  # one independent bootstrap per system, shared by all its pairs
+                boots[name] = resampled_means(values[name], rng, resamples)
+    a = np.stack([values[x] for x, _ in pairs])
+    b = np.stack([values[y] for _, y in pairs])
+    return _unpaired_tests(a, b, [boots.get(x) for x, _ in pairs], [boots.get(y) for _, y in pairs],
+                           permutations, rng, label)
+
+
+def _verdicts(pairs: list[dict], family: int | None) -> list[dict]:
+    for pair in pairs:
+        if not math.isfinite(pair["p"]):
+            pair["note"] = (f"too few scored clips to test ({pair['n_a']} vs {pair['n_b']}; "
+                            "at least 2 on each side are needed)")
+    for pair, p_holm in zip(pairs, holm([p["p"] for p in pairs], family)):
         pair["p_holm"] = p_holm
         pair["verdict"] = verdict(pair["a"], pair["b"], pair["diff"], p_holm)
     return pairs
 
 
 def _resampled_means(systems: dict[str, list[Clip]], names: list[str], metric: str, by_prompt: bool,
-                     resamples: int, rng, batch: int = 500) -> np.ndarray:
+                     resamples: int, rng) -> np.ndarray:
     """(resamples, systems) bootstrap means; prompts are drawn jointly so shared prompts stay paired."""
     out = np.empty((resamples, len(names)))
     if by_prompt:
@@ -392,18 +536,18 @@ def _resampled_means(systems: dict[str, list[Clip]], names: list[str], metric: s
                 sums[i, col[clip.unit]] += clip.scores[metric]
                 counts[i, col[clip.unit]] += 1
         observed = sums.sum(1) / counts.sum(1)
+        batch = max(1, BLOCK // max(len(units), len(names)))
         for start in range(0, resamples, batch):
-            idx = rng.integers(0, len(units), size=(min(batch, resamples - start), len(units)))
+            weights = counts_from_indices(rng.integers(0, len(units), (min(batch, resamples - start), len(units))),
+                                          len(units))
             with np.errstate(invalid="ignore", divide="ignore"):
-                means = sums[:, idx].sum(-1) / counts[:, idx].sum(-1)  # (systems, batch)
+                means = (sums @ weights.T) / (counts @ weights.T)  # (systems, batch)
             # A resample that drew none of a system's prompts keeps that system at its observed mean.
-            out[start:start + idx.shape[0]] = np.where(np.isfinite(means), means, observed[:, None]).T
+            out[start:start + weights.shape[0]] = np.where(np.isfinite(means), means, observed[:, None]).T
         return out
     for i, name in enumerate(names):
-        values = np.array([c.scores[metric] for c in _scored(systems[name], metric)])
-        for start in range(0, resamples, batch):
-            size = min(batch, resamples - start)
-            out[start:start + size, i] = values[rng.integers(0, values.size, (size, values.size))].mean(1)
+        out[:, i] = resampled_means(np.array([c.scores[metric] for c in _scored(systems[name], metric)]), rng,
+                                    resamples)
     return out
 
 
@@ -543,58 +687,95 @@ def _attach_labels(clips: list[Clip], labels: dict | str | Path | None) -> int:
     return matched
 
 
-def compare(scores, labels=None, baseline=None, metrics=("mi", "ta"), resamples=10000, seed=0) -> dict:
+def _checked(clip: Clip, metrics: tuple[str, ...]) -> Clip:
+    """The clip with every infinite or out-of-range score moved to ``invalid`` (NaN in ``scores``)."""
+    low, high = SCORE_RANGE[0] - _RANGE_SLACK, SCORE_RANGE[1] + _RANGE_SLACK
+    scores = {m: clip.scores.get(m, math.nan) for m in metrics}
+    bad = {m: v for m, v in scores.items() if not math.isnan(v) and not low <= v <= high}  # inf is outside
+    if not bad:
+        return clip
+    return replace(clip, scores={**clip.scores, **dict.fromkeys(bad, math.nan)},
+                   invalid={**clip.invalid, **{m: repr(float(v)) for m, v in bad.items()}})
+
+
+def _system_entry(clips: list[Clip], metrics: tuple[str, ...]) -> dict:
+    """Row counts: ``failed`` has no score on any metric, ``invalid`` has an invalid one on some metric."""
+    invalid = [any(m in c.invalid for m in metrics) for c in clips]
+    scored = [any(math.isfinite(c.scores.get(m, math.nan)) for m in metrics) for c in clips]
+    return {"clips": len(clips), "failed": sum(not s and not i for s, i in zip(scored, invalid)),
+            "invalid": sum(invalid), "errors": sum(bool(c.error) for c in clips)}
+
+
+def _invalid_note(systems: dict[str, list[Clip]], metric: str) -> str | None:
+    counts = {name: sum(metric in c.invalid for c in clips) for name, clips in systems.items()}
+    counts = {name: k for name, k in counts.items() if k}
+    if not counts:
+        return None
+    example = next(c for clips in systems.values() for c in clips if metric in c.invalid)
+    listed = ", ".join(f"{name} ({k})" for name, k in list(counts.items())[:10])
+    more = f" and {len(counts) - 10} more systems" if len(counts) > 10 else ""
+    return (f"{metric.upper()}: {sum(counts.values())} row(s) have an invalid score (NaN, infinite or outside "
+            f"[{SCORE_RANGE[0]:g}, {SCORE_RANGE[1]:g}]) and are left out of every statistic: {listed}{more}; "
+            f"e.g. {example.id} = {example.invalid[metric]}. The systems table counts them per system.")
+
+
+def _check_arguments(metrics: tuple[str, ...], resamples: int, baseline, pairs) -> None:
+    if not metrics or any(m not in METRICS for m in metrics):
+        raise DeramosError(f"metrics must be among {', '.join(METRICS)}, got {', '.join(metrics) or 'none'}")
+    if resamples < 100:
+        raise DeramosError(f"--resamples must be at least 100, got {resamples}")
+    if not (pairs in PAIR_MODES or (isinstance(pairs, int) and not isinstance(pairs, bool) and pairs >= 1)):
+        raise DeramosError(f"--pairs must be one of {', '.join(PAIR_MODES)} or a number of top systems, got {pairs!r}")
+    if baseline is not None and pairs != "auto":
+        raise DeramosError("give either --baseline or --pairs, not both")
+
+
+def compare(scores, labels=None, baseline=None, metrics=("mi", "ta"), resamples=10000, seed=0,
+            pairs="auto") -> dict:
     """Compare the systems of a score file; the numbers of ``results.json``.
 
     Args:
         scores: a score file path, or a list of :class:`Clip`.
         labels: None, a MusicEval mos list path (``wavID,MI,TA``), or ``{id: {"mi", "ta"}}``.
-        baseline: compare every system with this one only (default: all pairs).
+        baseline: compare every system with this one only.
         metrics: any of ``"mi"``, ``"ta"``.
-        resamples: bootstrap and permutation resamples.
+        resamples: bootstrap resamples, and the least number of permutations per test.
         seed: every random draw follows from it.
+        pairs: which pairs without a baseline: ``"auto"``, ``"all"``, ``"best"`` or N (see :func:`pair_set`).
 
     Returns:
-        A JSON-safe dict (missing values are None): ``inputs``, ``systems``, ``pairs``, ``ranks``,
-        ``power``, ``listen``, ``labels``, ``notes``.
+        A JSON-safe dict (missing values are None): ``inputs``, ``systems``, ``pairs``, ``pair_sets``,
+        ``ranks``, ``power``, ``listen``, ``labels``, ``notes``.
 
     Raises:
-        DeramosError: unreadable input, unknown metric or baseline, labels matching no clip.
+        DeramosError: unreadable input, unknown metric, baseline or pair mode, labels matching no clip.
     """
     metrics = tuple(metrics)
-    if not metrics or any(m not in METRICS for m in metrics):
-        raise DeramosError(f"metrics must be among {', '.join(METRICS)}, got {', '.join(metrics) or 'none'}")
-    if resamples < 100:
-        raise DeramosError(f"--resamples must be at least 100, got {resamples}")
+    _check_arguments(metrics, resamples, baseline, pairs)
     clips = read_scores(scores) if isinstance(scores, (str, Path)) else list(scores)
+    clips = [_checked(c, metrics) for c in clips]
     labelled = _attach_labels(clips, labels)
     systems = _by_system(clips)
     if baseline is not None and baseline not in systems:
         raise DeramosError(f"baseline {baseline!r} is not among the systems {', '.join(systems)}")
     by_prompt = _shared_prompts(systems)
+    log.info("compare: %d clips, %d systems, unit %s, %s resamples", len(clips), len(systems),
+             "prompt" if by_prompt else "clip", f"{resamples:,}")
     rng = np.random.default_rng(seed)
     result = {"inputs": {"scores": str(scores) if isinstance(scores, (str, Path)) else None,
                          "clips": len(clips), "systems": len(systems), "metrics": list(metrics),
-                         "baseline": baseline, "resamples": resamples, "seed": seed,
+                         "baseline": baseline, "pairs": pairs, "resamples": resamples, "seed": seed,
                          "unit": "prompt" if by_prompt else "clip", "labelled_clips": labelled,
-                         "alpha": ALPHA, "correction": "Holm", "ci": "95 % bootstrap (BCa)"},
-              "systems": {}, "pairs": {}, "ranks": {}, "power": {}, "labels": {}, "notes": []}
-    notes = result["notes"]
+                         "alpha": ALPHA, "correction": "Holm", "ci": "95 % bootstrap (BCa)",
+                         "score_range": list(SCORE_RANGE)},
+              "systems": {name: _system_entry(c, metrics) for name, c in systems.items()},
+              "pairs": {}, "pair_sets": {}, "ranks": {}, "power": {}, "labels": {}, "notes": []}
     if not by_prompt:
-        notes.append("No prompt was given to two systems: intervals resample clips, pairs are unpaired "
-                     "(permutation of labels, Mann-Whitney U as second opinion).")
-    for name, system_clips in systems.items():
-        entry = {"clips": len(system_clips),
-                 "failed": sum(not any(math.isfinite(c.scores.get(m, math.nan)) for m in metrics)
-                               for c in system_clips),
-                 "errors": sum(bool(c.error) for c in system_clips)}
-        for metric in metrics:
-            scored = _scored(system_clips, metric)
-            units = np.array([c.unit for c in scored]) if by_prompt else None
-            entry[metric] = mean_ci(np.array([c.scores[metric] for c in scored]), units, resamples, rng)
-        result["systems"][name] = entry
+        result["notes"].append("No prompt was given to two systems: intervals resample clips, pairs are unpaired "
+                               "(permutation of labels, Mann-Whitney U as second opinion).")
     for metric in metrics:
-        _metric_analysis(result, systems, metric, baseline, by_prompt, resamples, rng)
+        _system_intervals(result, systems, metric, by_prompt, resamples, rng)
+        _metric_analysis(result, systems, metric, baseline, pairs, by_prompt, resamples, rng)
     result["listen"] = _listen(systems, metrics)
     if labelled:
         for metric in metrics:
@@ -603,7 +784,24 @@ def compare(scores, labels=None, baseline=None, metrics=("mi", "ta"), resamples=
     return _clean(result)
 
 
-def _metric_analysis(result: dict, systems: dict, metric: str, baseline: str | None, by_prompt: bool,
+def _system_intervals(result: dict, systems: dict[str, list[Clip]], metric: str, by_prompt: bool,
+                      resamples: int, rng) -> None:
+    samples = []
+    for clips in systems.values():
+        scored = _scored(clips, metric)
+        samples.append((np.array([c.scores[metric] for c in scored]),
+                        np.array([c.unit for c in scored]) if by_prompt else None))
+    entries = _intervals(samples, resamples, rng, f"{metric.upper()}: system intervals")
+    for (name, clips), entry in zip(systems.items(), entries):
+        entry["invalid"] = sum(metric in c.invalid for c in clips)
+        result["systems"][name][metric] = entry
+    note = _invalid_note(systems, metric)
+    if note:
+        result["notes"].append(note)
+        log.warning("%s", note)
+
+
+def _metric_analysis(result: dict, systems: dict, metric: str, baseline: str | None, pairs, by_prompt: bool,
                      resamples: int, rng) -> None:
     notes = result["notes"]
     names = [n for n in systems if result["systems"][n][metric]["n"] > 0]
@@ -614,22 +812,25 @@ def _metric_analysis(result: dict, systems: dict, metric: str, baseline: str | N
         elif result["systems"][name][metric]["n"] == 1:
             notes.append(f"{metric.upper()}: {name} has one scored clip: no interval, and no pair with it "
                          "can show a difference.")
+    chosen = pair_set(names, {n: result["systems"][n][metric]["mean"] for n in names}, baseline, pairs)
     if baseline is not None and baseline not in names:
         notes.append(f"{metric.upper()}: the baseline {baseline} has no scored clip; no pairs.")
-        result["pairs"][metric] = []
-    else:
-        result["pairs"][metric] = _pairs(systems, names, metric, baseline, resamples, rng)
+        chosen["pairs"] = []
+    family = chosen["family"] or len(chosen["pairs"])
+    permutations = permutations_for(resamples, family)
+    result["pair_sets"][metric] = {"mode": chosen["mode"], "reference": chosen["reference"],
+                                   "tested": len(chosen["pairs"]), "family": family, "permutations": permutations}
+    log.info("%s: %d pairs (%s), Holm over %d, %s permutations per test", metric.upper(), len(chosen["pairs"]),
+             chosen["mode"], family, f"{permutations:,}")
+    result["pairs"][metric] = _pairs(systems, names, metric, baseline, resamples, rng, chosen["pairs"],
+                                     chosen["family"], permutations)
     if len(names) >= 2:
+        log.info("%s: ranks from %s joint resamples", metric.upper(), f"{resamples:,}")
         means = _resampled_means(systems, names, metric, by_prompt, resamples, rng)
         result["ranks"][metric] = rank_uncertainty(means, names)
     tested = [p for p in result["pairs"][metric] if p["p"] is not None and math.isfinite(p["p"])]
-    floor = 2 * len(tested) / (resamples + 1)  # smallest Holm-adjusted two-sided Monte Carlo p-value
-    if floor >= ALPHA:
-        notes.append(f"{metric.upper()}: with {resamples} resamples and {len(tested)} pairs the smallest "
-                     f"possible corrected p-value is {floor:.3g}, so no pair can be declared different; "
-                     "raise --resamples.")
     if tested:
         closest = min(tested, key=lambda p: abs(p["diff"]))
-        result["power"][metric] = prompts_needed(closest, systems, metric, len(tested))
+        result["power"][metric] = prompts_needed(closest, systems, metric, chosen["family"] or len(tested))
     elif names and len(names) < 2:
         notes.append(f"{metric.upper()}: fewer than two systems with scores: nothing to compare.")

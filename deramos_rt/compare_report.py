@@ -10,7 +10,6 @@ import base64
 import html
 import io
 import json
-import math
 import os
 from pathlib import Path
 from urllib.parse import quote
@@ -18,6 +17,7 @@ from urllib.parse import quote
 from deramos_rt.compare import NO_DIFFERENCE
 
 _COLORS = {"gt": "#2e7d32", "lt": "#c62828", "none": "#bdbdbd", "na": "#ffffff"}
+PLOT_MAX_SYSTEMS = 40  # beyond this a pair matrix is unreadable (and its figure huge); ranks show the top
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -105,10 +105,12 @@ def plot_matrix(results: dict, metric: str) -> str | None:
     pairs = results["pairs"].get(metric) or []
     if not pairs:
         return None
+    names = _ranked(results, metric)
+    if len(names) > PLOT_MAX_SYSTEMS:
+        return None
     plt = _pyplot()
     from matplotlib.colors import to_rgb
 
-    names = _ranked(results, metric)
     index = {n: i for i, n in enumerate(names)}
     grid = [[to_rgb(_COLORS["na"])] * len(names) for _ in names]
     fig, ax = plt.subplots(figsize=(0.55 * len(names) + 2.5, 0.55 * len(names) + 2))
@@ -140,10 +142,12 @@ def plot_ranks(results: dict) -> str | None:
     for ax, metric in zip(axes[0], metrics):
         ranks = results["ranks"][metric]
         names = [n for n in _ranked(results, metric) if n in ranks]
-        ax.bar(names, [ranks[n]["p_first"] for n in names])
+        shown = names[:PLOT_MAX_SYSTEMS]
+        ax.bar(shown, [ranks[n]["p_first"] for n in shown])
         ax.set_ylim(0, 1)
         ax.set_ylabel("P(rank 1)")
-        ax.set_title(f"{metric.upper()}: probability of ranking first")
+        top = f" (top {len(shown)} of {len(names)})" if len(shown) < len(names) else ""
+        ax.set_title(f"{metric.upper()}: probability of ranking first{top}")
         ax.tick_params(axis="x", rotation=90)
     return _png(fig)
 
@@ -175,10 +179,10 @@ def plot_labels(results: dict) -> str | None:
 
 def _system_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     metrics = results["inputs"]["metrics"]
-    head = ["system", "clips", "failed"] + [x for m in metrics for x in (f"{m.upper()} mean", "95 % CI")]
+    head = ["system", "clips", "failed", "invalid"] + [x for m in metrics for x in (f"{m.upper()} mean", "95 % CI")]
     rows = []
     for name, s in results["systems"].items():
-        rows.append([name, str(s["clips"]), str(s["failed"])]
+        rows.append([name, str(s["clips"]), str(s["failed"]), str(s.get("invalid", 0))]
                     + [x for m in metrics for x in (_fmt(s[m]["mean"]), _ci(s[m]))])
     return head, rows
 
@@ -229,15 +233,28 @@ def _html_table(head: list[str], rows: list[list[str]]) -> str:
 def _summary(results: dict) -> list[str]:
     i = results["inputs"]
     lines = [f"{i['clips']} clips from {i['systems']} systems; metrics {', '.join(m.upper() for m in i['metrics'])}; "
-             f"{i['resamples']} resamples, seed {i['seed']}.",
+             f"{i['resamples']:,} bootstrap resamples, seed {i['seed']}.",
              f"Resampling unit: the {i['unit']} ("
              + ("systems share prompts, whose clips are not independent" if i["unit"] == "prompt"
                 else "no prompt is shared between systems") + "). Intervals: 95 % bootstrap, BCa.",
              "Pairs: permutation test (paired on shared prompts when there are two or more), "
-             f"Holm-corrected over the pairs of each metric, verdict at corrected p < {i['alpha']}."]
-    if i["baseline"]:
-        lines.append(f"Each system is compared with the baseline {i['baseline']} only.")
+             f"Holm-corrected (the family of each metric is below), verdict at corrected p < {i['alpha']}."]
+    lines += [_pair_set_line(metric, s) for metric, s in results.get("pair_sets", {}).items()]
+    lines.append(f"Invalid: a score that is NaN, infinite or outside [{i['score_range'][0]:g}, "
+                 f"{i['score_range'][1]:g}]; such rows are counted per system and left out of every statistic.")
     return lines
+
+
+def _pair_set_line(metric: str, s: dict) -> str:
+    """Which pairs of a metric were tested and what they were corrected over."""
+    tested = {"all": f"all {s['tested']:,} pairs",
+              "baseline": f"each system against the baseline {s['reference']} ({s['tested']:,} pairs)",
+              "best": f"each system against the best, {s['reference']} ({s['tested']:,} pairs)"}.get(
+        s["mode"], f"all pairs among the {s['mode']} systems and the rest against the best, {s['reference']} "
+                   f"({s['tested']:,} pairs)")
+    family = (f"Holm over all {s['family']:,} pairs, since these were picked from the data"
+              if s["family"] > s["tested"] else "Holm over these")
+    return f"{metric.upper()}: {tested}; {family}; {s['permutations']:,} permutations per test."
 
 
 # ---------------------------------------------------------------------------------------------- listening
@@ -304,6 +321,8 @@ def _html(results: dict, images: dict[str, str], out_dir: Path, base: Path) -> s
         body += [f"<h2>{metric.upper()}: pairs</h2>", _html_table(*_pair_rows(results, metric))]
         if images.get(f"matrix_{metric}"):
             body.append(f'<img alt="matrix {metric}" src="data:image/png;base64,{images[f"matrix_{metric}"]}">')
+        elif results["pairs"].get(metric):
+            body.append(f"<p>(No pair matrix: it is drawn up to {PLOT_MAX_SYSTEMS} systems.)</p>")
     body.append("<h2>Ranks</h2>")
     for metric in metrics:
         body += [f"<h3>{metric.upper()}</h3>", _html_table(*_rank_rows(results, metric))]

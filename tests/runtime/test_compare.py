@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from deramos_rt.compare import (NO_DIFFERENCE, Clip, _pairs, clip_sd, compare, difference, holm, mean_ci,
-                                read_labels, read_scores)
+from deramos_rt.cli import add_compare_arguments
+from deramos_rt.compare import (NO_DIFFERENCE, Clip, _pairs, clip_sd, compare, difference, holm, mean_ci, read_labels,
+                                read_scores)
 from deramos_rt.errors import DeramosError
 
 
@@ -28,7 +30,8 @@ def _systems(rng, means: dict[str, float], prompts: int, prompt_sd=0.5, noise_sd
         own = effect if shared else rng.normal(0, prompt_sd, prompts)
         for p in range(prompts):
             unit = p if shared else 1000 * k + p
-            clips.append(_clip(name, unit, float(mu + own[p] + rng.normal(0, noise_sd))))
+            # Scores live on the 1-5 scale; anything outside it would be counted as invalid.
+            clips.append(_clip(name, unit, float(np.clip(mu + own[p] + rng.normal(0, noise_sd), 1.0, 5.0))))
     return clips
 
 
@@ -40,6 +43,8 @@ def test_holm_by_hand():
     assert holm([0.01, 0.04, 0.03, math.nan])[:3] == pytest.approx([0.03, 0.06, 0.06])
     assert math.isnan(holm([0.01, 0.04, 0.03, math.nan])[3])
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    # two pairs tested out of a family of five: the untested three count as not rejected
+    assert holm([0.04, 0.01], family=5) == pytest.approx([0.16, 0.05])
 
 
 def test_mean_ci_is_scipy_bca_on_clips():
@@ -183,6 +188,20 @@ def test_baseline_compares_each_system_with_it_only():
         compare(clips, baseline="S009", resamples=200)
 
 
+def test_pair_mode_is_checked_and_excludes_a_baseline():
+    clips = _systems(np.random.default_rng(5), {"S001": 3.0, "S002": 3.1, "S003": 3.2}, 8)
+    for bad in ("some", 0, True):
+        with pytest.raises(DeramosError, match="--pairs must be one of"):
+            compare(clips, pairs=bad, resamples=200)
+    with pytest.raises(DeramosError, match="either --baseline or --pairs"):
+        compare(clips, baseline="S001", pairs="best", resamples=200)
+    parser = argparse.ArgumentParser()
+    add_compare_arguments(parser)
+    assert parser.parse_args(["s.csv", "--out", "r", "--pairs", "7"]).pairs == 7
+    assert parser.parse_args(["s.csv", "--out", "r", "--pairs", "BEST"]).pairs == "best"
+    assert parser.parse_args(["s.csv", "--out", "r"]).pairs == "auto"
+
+
 # ------------------------------------------------------------------------------------------- reading
 
 
@@ -213,6 +232,48 @@ def test_reads_jsonl_and_evaluate_predictions(tmp_path):
                     "audiomos2025-track1-S001_P001,S001,3.2,3.1,4.0,3.9\n")
     (clip,) = read_scores(pred)
     assert clip.scores == {"mi": 3.1, "ta": 3.9} and clip.labels == {"mi": 3.2, "ta": 4.0}
+
+
+def _invalid_rows_file(tmp_path):
+    """S001: 6 good clips. S002: 6 prompts with a NaN, an inf, 7.5, 0.2, a failed clip and one good clip."""
+    path = tmp_path / "scores.csv"
+    rows = [[f"x-S001_P{p:03d}", "S001", f"prompt {p}", f"{3 + 0.1 * p:.2f}", "3.5", ""] for p in range(6)]
+    rows += [["x-S002_P000", "S002", "prompt 0", "nan", "3.0", ""],
+             ["x-S002_P001", "S002", "prompt 1", "3.2", "inf", ""],
+             ["x-S002_P002", "S002", "prompt 2", "7.5", "-inf", ""],
+             ["x-S002_P003", "S002", "prompt 3", "0.2", "", ""],
+             ["x-S002_P004", "S002", "prompt 4", "", "", "decode failed"],
+             ["x-S002_P005", "S002", "prompt 5", "5.0000000000001", "1", ""]]  # rounding above 5 is fine
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([["id", "system", "prompt", "mi", "ta", "error"], *rows])
+    return path
+
+
+def test_nan_infinite_and_out_of_range_scores_are_counted_per_system(tmp_path):
+    result = compare(_invalid_rows_file(tmp_path), resamples=200)
+    s1, s2 = result["systems"]["S001"], result["systems"]["S002"]
+    assert (s1["invalid"], s1["mi"]["invalid"], s1["ta"]["invalid"], s1["failed"]) == (0, 0, 0, 0)
+    assert (s2["clips"], s2["invalid"], s2["failed"]) == (6, 4, 1)
+    assert (s2["mi"]["invalid"], s2["ta"]["invalid"]) == (3, 2)
+    assert (s2["mi"]["n"], s2["ta"]["n"]) == (2, 2)  # only the valid scores are used
+    assert s2["mi"]["mean"] == pytest.approx((3.2 + 5.0000000000001) / 2)
+    (mi_note,) = [n for n in result["notes"] if n.startswith("MI: 3 row(s) have an invalid score")]
+    assert "S002 (3)" in mi_note and "x-S002_P000 = nan" in mi_note
+    assert any(n.startswith("TA: 2 row(s) have an invalid score") for n in result["notes"])
+    json.dumps(result, allow_nan=False)
+
+
+def test_invalid_scores_in_jsonl_and_in_clip_lists(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps({"id": f"x-S001_P00{p}", "prompt": f"p{p}", "mi": mi}) + "\n"
+                            for p, mi in enumerate([3.0, float("nan"), None, 3.4])))  # NaN is written as NaN
+    clips = read_scores(path)
+    assert [c.invalid for c in clips] == [{}, {"mi": "nan"}, {}, {}]
+    clips.append(_clip("S002", 1, math.inf))
+    result = compare(clips, metrics=("mi",), resamples=200)
+    assert result["systems"]["S001"]["invalid"] == 1 and result["systems"]["S001"]["failed"] == 1
+    assert result["systems"]["S002"]["invalid"] == 1 and result["systems"]["S002"]["mi"]["n"] == 0
+    assert math.isinf(clips[-1].scores["mi"])  # the caller's clip is left as it was
 
 
 @pytest.mark.parametrize("text, message", [

@@ -9,15 +9,17 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
 import pytest
 import soundfile
 
+from deramos_rt import compare as compare_module
 from deramos_rt.cli import add_compare_arguments, run_compare
+from deramos_rt.compare_report import write_report
 from deramos_rt.errors import DeramosError
+from tests.runtime.test_compare import _invalid_rows_file
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -79,6 +81,19 @@ def test_audio_links_are_relative_and_resolve(report):
     for link in links:
         assert not os.path.isabs(unquote(link)) and link.startswith("../clips/wav/")
         assert (report / unquote(link)).resolve().is_file()
+
+
+def test_invalid_rows_are_counted_in_both_tables_and_said(tmp_path):
+    results = compare_module.compare(_invalid_rows_file(tmp_path), resamples=200)
+    write_report(results, tmp_path / "r")
+    markdown, page = (tmp_path / "r" / "report.md").read_text(), (tmp_path / "r" / "report.html").read_text()
+    assert "| system | clips | failed | invalid |" in markdown
+    assert "| S001 | 6 | 0 | 0 |" in markdown and "| S002 | 6 | 1 | 4 |" in markdown
+    assert "<th>invalid</th>" in page and "<td>S002</td><td>6</td><td>1</td><td>4</td>" in page
+    for text in (markdown, page):
+        assert "MI: 3 row(s) have an invalid score" in text and "outside [1, 5]" in text
+    saved = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert saved["systems"]["S002"]["invalid"] == 4 and saved["systems"]["S002"]["mi"]["invalid"] == 3
 
 
 def test_musiceval_arguments_are_checked(tmp_path):
