@@ -64,6 +64,9 @@ def make_request(item, index: int) -> ClipRequest:
         fields = {"path": item[0], "prompt": item[1]}
     elif isinstance(item, (tuple, list)) and len(item) == 3:
         fields = {"array": item[0], "sample_rate": item[1], "prompt": item[2]}
+    elif isinstance(item, (str, os.PathLike)):
+        raise DeramosError(f"item #{index} is a bare path ({str(item)[:80]!r}): give (path, prompt) items, or "
+                           "score one clip with Scorer.score_clip(path, prompt)")
     else:
         raise DeramosError(f"item #{index} must be (path, prompt), (array, sample_rate, prompt) or a dict with "
                            f"path and prompt, got {type(item).__name__}")
