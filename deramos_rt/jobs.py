@@ -225,26 +225,34 @@ class OutputLock:
         self.release()
 
     def acquire(self) -> None:
-        import fcntl
-
+        """Take the lock (without waiting) and write this process's pid into the lock file."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             while self._fd is None:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    holder = _read_pid(fd)
-                    os.close(fd)
-                    raise DeramosError(f"output {self.out} is being written by another job (pid {holder or 'unknown'}, "
-                                       f"lock {self.path}): wait for it to finish or choose another --out") from None
-                if _same_file(fd, self.path):
-                    self._fd = fd
-                else:  # its last holder removed the file between our open and our lock: lock the new one
-                    os.close(fd)
+                self._fd = self._try_lock()
         except OSError as exc:
             raise write_error(exc.filename or self.path, exc, " (the lock of the output)") from exc
         self._write_pid()
+
+    def _try_lock(self) -> int | None:
+        """The locked descriptor, or None when the file was replaced meanwhile (try again)."""
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise DeramosError(f"output {self.out} is being written by another job (pid {holder or 'unknown'}, "
+                               f"lock {self.path}): wait for it to finish or choose another --out") from None
+        except OSError:
+            os.close(fd)
+            raise
+        if _same_file(fd, self.path):
+            return fd
+        os.close(fd)  # its last holder removed the file between our open and our lock: lock the new one
+        return None
 
     def _write_pid(self) -> None:
         previous = _read_pid(self._fd)
@@ -257,6 +265,7 @@ class OutputLock:
             log.warning("could not write the pid into %s: %s", self.path, exc)
 
     def release(self) -> None:
+        """Remove the lock file and drop the lock (a no-op when not held)."""
         if self._fd is None:
             return
         with contextlib.suppress(FileNotFoundError):
