@@ -93,9 +93,10 @@ def test_a_second_job_on_the_same_output_is_refused_and_a_killed_jobs_lock_is_ta
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and first.poll() is None and not (partial.exists() and partial.stat().st_size > 4000):
         time.sleep(0.02)
+    assert first.poll() is None, "the first job finished before the second could start"
+    os.kill(first.pid, signal.SIGSTOP)  # paused with its lock held, however long the second takes to start
     try:
         second = subprocess.run(command + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=120)
-        assert first.poll() is None, "the first job finished before the second started"
     finally:
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
