@@ -15,6 +15,7 @@ leaves images that models trained with that code learned on.
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def read_audio(path: str | Path, mono: bool = True, max_seconds: float | None = 
 
     path = Path(path)
     if not path.is_file():
-        raise DeramosError(f"audio file not found: {path}")
+        raise DeramosError(_not_a_file(path))
     try:
         with sf.SoundFile(str(path)) as f:
             rate, channels = int(f.samplerate), int(f.channels)
@@ -92,6 +93,20 @@ def read_audio(path: str | Path, mono: bool = True, max_seconds: float | None = 
     if data.shape[0] == 0:
         raise DeramosError(f"audio file has no samples: {path}")
     return (to_mono(data) if mono else data), rate
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be decoded as a file: missing, or what it is instead (never opened: a FIFO blocks)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"audio file not found: {path}"
+    except OSError as exc:
+        return f"cannot read audio file {path}: {exc.strerror or exc}"
+    kinds = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+    kind = next((name for test, name in kinds if test(mode)), "special file")
+    return f"not a regular file: {kind} {path}"
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:

@@ -1,11 +1,13 @@
 """The ``deramos-rt`` command: ``score``, ``info``, ``compare`` and ``trust``.
 
 ``deramos-rt score MANIFEST --out scores.csv`` scores every clip of a manifest (``deramos_rt.manifest``) into a
-score file (``deramos_rt.scorefile``);
+score file (``deramos_rt.scorefile``); ``deramos-rt score FOLDER [--prompts TABLE] --out scores.csv`` every
+audio file under a folder (``deramos_rt.folder``; the path decides which);
 ``deramos-rt score --musiceval DIR --split test --out ...`` scores a MusicEval split and prints the
-utterance- and system-level metrics against its labels. Exit codes: 0 every clip scored, 3 some clips
-failed (each has its error in the output), 2 the job could not start, 130 interrupted (finished clips are
-kept in ``OUT.partial``; rerun with ``--resume``).
+utterance- and system-level metrics against its labels. Every job checks its output and locks it first
+(``deramos_rt.jobs``). Exit codes: 0 every clip scored, 3 some clips failed (each has its error in the
+output), 2 the job could not start or could not write (one line naming the file), 130 interrupted
+(finished clips are kept in ``OUT.partial``; rerun with ``--resume``).
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deramos-rt", description="DeRA-MOS scoring of text-to-music clips.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    score = sub.add_parser("score", help="score a manifest (or a MusicEval split) into a score file")
-    score.add_argument("manifest", nargs="?", help="CSV or JSONL with path, prompt[, id, system]")
+    score = sub.add_parser("score", help="score a manifest, a folder or a MusicEval split into a score file")
+    score.add_argument("manifest", nargs="?", metavar="MANIFEST|FOLDER",
+                       help="CSV or JSONL with path, prompt[, id, system]; or a folder: every audio file under it")
+    score.add_argument("--prompts", metavar="TABLE", help="with a FOLDER: prompts by file name, a CSV / TSV / "
+                       "JSONL table (id,prompt; MusicCaps' ytid,caption; MusicEval's prompt_info.txt); "
+                       "without it a folder is scored for MI only")
     score.add_argument("--musiceval", metavar="DIR", help="score a MusicEval-layout folder instead of a manifest")
     score.add_argument("--split", default="test", choices=["train", "dev", "test"], help="MusicEval split")
     score.add_argument("--out", required=True, help="score file, .csv or .jsonl")
@@ -83,38 +89,72 @@ def main(argv: list[str] | None = None) -> int:
 # ------------------------------------------------------------------------------------------------ score
 
 
-def _requests(args):
-    """(clip requests, count, MusicEval clips or None), all checked before any work."""
-    from deramos_rt.manifest import check_manifest, iter_manifest
+def _job(args):
+    """(the checked job, MusicEval clips or None): input and output checked before any work."""
+    from deramos_rt import jobs
 
     if (args.manifest is None) == (args.musiceval is None):
-        raise DeramosError("give either a MANIFEST or --musiceval DIR (not both)")
-    if args.musiceval is None:
-        with step("check manifest") as info:
-            info["clips"] = total = check_manifest(args.manifest)
-        return iter_manifest(args.manifest), total, None
-    from deramos_rt.musiceval import read_split
+        raise DeramosError("give either a MANIFEST (or FOLDER) or --musiceval DIR (not both)")
+    folder = args.manifest is not None and Path(args.manifest).is_dir()
+    if args.prompts is not None and not folder:
+        raise DeramosError(f"--prompts {args.prompts} goes with a FOLDER of audio files; a manifest has its own "
+                           "'prompt' column and a MusicEval folder its prompt_info.txt")
+    if args.musiceval is not None:
+        return _musiceval_job(args)
+    with step("list folder" if folder else "check manifest") as info:
+        job = (jobs.folder_job(args.manifest, args.out, args.prompts) if folder
+               else jobs.manifest_job(args.manifest, args.out))
+        info["clips"] = job.total
+    return job, None
+
+
+def _musiceval_job(args):
+    from deramos_rt import jobs
+    from deramos_rt.musiceval import DEMO_PROMPT_FILE, PROMPT_FILE, read_split
     from deramos_rt.pipeline import ClipRequest
 
     with step(f"read MusicEval {args.split}") as info:
         # Unreadable audio becomes a per-clip error in the output, so files are not pre-checked here.
         clips = read_split(args.musiceval, args.split, check_audio=False)
+        root = Path(args.musiceval)
+        inputs = (root / "sets" / f"{args.split}_mos_list.txt", root / PROMPT_FILE, root / DEMO_PROMPT_FILE)
+        job = jobs.make_job(lambda: (ClipRequest(c.wav_id, str(c.path), c.system_id, c.prompt) for c in clips),
+                            len(clips), args.out, inputs)
         info["clips"] = len(clips)
-    requests = (ClipRequest(c.wav_id, str(c.path), c.system_id, c.prompt) for c in clips)
-    return requests, len(clips), clips
+    return job, clips
 
 
 def score(args: argparse.Namespace) -> int:
     """The ``score`` subcommand."""
-    from deramos_rt.jobs import score_requests
-    from deramos_rt.scorefile import file_format
-    from deramos_rt.scorer import Scorer
+    from deramos_rt.jobs import run_job
 
     if args.ray is not None:
         return score_ray(args)
-    file_format(args.out, "output")
-    requests, total, musiceval = _requests(args)
+    job, musiceval = _job(args)
     log.info("versions: %s", versions())
+    # The lock is taken before the model is opened, so a second job on this output refuses at once.
+    with job.locked(), _open_scorer(args) as scorer, step("score") as info:
+        report = run_job(scorer, job, resume=args.resume, probs=args.probs, overwrite=args.overwrite,
+                         progress_stream=sys.stderr)
+        info.update(clips=job.total - report.skipped, skipped=report.skipped, failed=report.failed,
+                    clips_per_s=f"{(job.total - report.skipped) / max(report.seconds, 1e-9):.1f}")
+    rate = report.scored / report.seconds if report.seconds > 0 else 0.0
+    log.info("scored %d, failed %d (error in the output), resumed past %d, prompts truncated %d; %.1f scored/s",
+             report.scored, report.failed, report.skipped, report.prompts_truncated, rate)
+    if report.summary is None:
+        print(f"wrote {report.out} (complete); the per-system summary was not written: {report.summary_error}")
+    else:
+        print(f"wrote {report.out} and {report.summary}")
+    if musiceval is not None:
+        print_musiceval_metrics(report.out, musiceval)
+    if args.report:
+        _report(args)
+    return report.exit_code
+
+
+def _open_scorer(args):
+    from deramos_rt.scorer import Scorer
+
     with step("open backend") as info:
         scorer = Scorer(args.bundle, backend=args.backend, device=args.device, batch_size=args.batch_size,
                         decode_workers=args.decode_workers, long_audio=args.long_audio, precision=args.precision,
@@ -122,21 +162,7 @@ def score(args: argparse.Namespace) -> int:
         backend = scorer.backend.info
         info.update(backend=backend.name, precision=backend.precision, device=backend.device)
     log.info("backend detail: %s; model %s; batch %d", backend.detail, scorer.source.identity, scorer.batch_size)
-    with step("score") as info:
-        report = score_requests(scorer, requests, args.out, total, resume=args.resume, probs=args.probs,
-                                   overwrite=args.overwrite, progress_stream=sys.stderr)
-        rate = report.scored / report.seconds if report.seconds > 0 else 0.0
-        info.update(clips=total - report.skipped, skipped=report.skipped, failed=report.failed,
-                    clips_per_s=f"{(total - report.skipped) / max(report.seconds, 1e-9):.1f}")
-    scorer.close()
-    log.info("scored %d, failed %d (error in the output), resumed past %d, prompts truncated %d; %.1f scored/s",
-             report.scored, report.failed, report.skipped, report.prompts_truncated, rate)
-    print(f"wrote {report.out} and {report.summary}")
-    if musiceval is not None:
-        print_musiceval_metrics(report.out, musiceval)
-    if args.report:
-        _report(args)
-    return report.exit_code
+    return scorer
 
 
 def print_musiceval_metrics(out: Path, clips) -> dict:
@@ -168,9 +194,9 @@ def score_ray(args: argparse.Namespace) -> int:
     if args.trust_bundle:
         raise DeramosError("--trust-bundle is not passed to Ray actors: trust the bundle on every node with "
                            "deramos-rt trust BUNDLE instead")
-    if args.musiceval is not None or args.manifest is None:
+    if args.musiceval is not None or args.manifest is None or Path(args.manifest).is_dir() or args.prompts:
         raise DeramosError("--ray scores a MANIFEST, given before --ray (deramos-rt score MANIFEST --out DIR --ray "
-                           "[ADDRESS]); --musiceval is not supported with --ray")
+                           "[ADDRESS]); --musiceval and folders are not supported with --ray")
     with step("score on Ray") as info:
         job = score_dataset(args.manifest, args.out, bundle=args.bundle, actors=args.actors,
                             gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,

@@ -679,8 +679,10 @@ def _attach_labels(clips: list[Clip], labels: dict | str | Path | None) -> int:
     table = read_labels(labels) if isinstance(labels, (str, Path)) else labels
     matched = 0
     for clip in clips:
-        if clip.id in table:
-            clip.labels = dict(table[clip.id])
+        # A manifest's default id is the clip's path without extension (``wav/<name>``); labels name the file.
+        key = clip.id if clip.id in table else clip.id.rsplit("/", 1)[-1]
+        if key in table:
+            clip.labels = dict(table[key])
             matched += 1
     if matched == 0:
         raise DeramosError(f"no clip id of the score file appears in the labels {labels}")

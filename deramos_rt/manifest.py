@@ -1,22 +1,52 @@
 """Manifests: the list of clips a job scores, read and checked completely before any work.
 
-A manifest is CSV (header) or JSONL with ``path`` and ``prompt``, optional ``id`` (default: the path's
-stem) and ``system`` (default: the id's ``S###`` part, else empty); relative paths are relative to the
-manifest. A missing column, a bad line or an id listed twice is refused before any work, naming it.
+A manifest is CSV (header) or JSONL with ``path`` and ``prompt``, optional ``id`` and ``system``; relative
+paths are relative to the manifest's folder. A missing column, a bad line or an id listed twice is refused
+before any work, naming it.
+
+Defaults are unique by construction, so the usual layout of generated music (``<system>/<prompt-id>.wav``,
+the same file names in every system's folder) needs no ``id`` column: the default ``id`` is the clip's path
+relative to the manifest's folder without its extension, with ``/`` separators (``S001/p001``); a file
+outside that folder keeps its whole normalised path (``../other/p001``, ``/data/p001``). The default
+``system`` is the ``S###`` part of the file name where there is one (MusicEval's ``...-S002_P044``), else
+the first folder under the manifest's folder, else the ``S###`` part of a path outside it, else empty.
 """
 
 from __future__ import annotations
 
 import csv
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from deramos_rt.errors import DeramosError
-from deramos_rt.pipeline import ClipRequest, make_request
+from deramos_rt.pipeline import ClipRequest, default_system, make_request
 from deramos_rt.scorefile import allow_long_csv_fields, file_format, jsonl_objects
 
 REQUIRED = ("path", "prompt")
 
+
+def default_id(audio: str, folder: Path) -> str:
+    """A clip's default id: its path relative to the manifest's ``folder``, without extension (see above).
+
+    Args:
+        audio: the ``path`` cell as written in the manifest.
+        folder: the manifest's folder.
+    """
+    path = os.path.normpath(audio)
+    if os.path.isabs(path):
+        base = os.path.normpath(os.path.abspath(folder))
+        if os.path.commonpath([path, base]) == base:
+            path = os.path.relpath(path, base)
+    return PurePosixPath(os.path.splitext(path)[0].replace(os.sep, "/")).as_posix()
+
+
+def default_clip_system(clip_id: str) -> str:
+    """A clip's default system from its default id (see the module docstring)."""
+    parts = PurePosixPath(clip_id).parts
+    inside = not (PurePosixPath(clip_id).is_absolute() or parts[0] == "..")
+    return (default_system(parts[-1]) or (parts[0] if inside and len(parts) > 1 else "")
+            or ("" if inside else default_system(clip_id)))
 
 
 def _csv_records(path: Path) -> Iterator[tuple[int, dict]]:
@@ -53,8 +83,12 @@ def _request(path: Path, number: int, record: dict) -> ClipRequest:
     audio_path = Path(audio)
     if not audio_path.is_absolute():
         audio_path = path.parent / audio_path
-    fields = {"path": str(audio_path), "prompt": prompt or "", "id": record.get("id") or Path(audio).stem,
-              "system": record.get("system")}
+    clip_id, system = record.get("id"), record.get("system")
+    if clip_id in (None, "") or system in (None, ""):
+        own_id = default_id(audio, path.parent)
+        clip_id = own_id if clip_id in (None, "") else clip_id
+        system = default_clip_system(own_id) if system in (None, "") else system
+    fields = {"path": str(audio_path), "prompt": prompt or "", "id": clip_id, "system": system}
     return make_request(fields, number)
 
 

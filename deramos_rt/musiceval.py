@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deramos_rt.errors import DeramosError
+from deramos_rt.scorefile import allow_long_csv_fields
 from deramos_rt.metrics import system_id
 
 SPLITS = ("train", "dev", "test")
@@ -83,6 +84,7 @@ def read_prompt_table(path: Path, required: bool) -> dict[str, str]:
         return {}
     table: dict[str, str] = {}
     first_line: dict[str, int] = {}
+    allow_long_csv_fields()
     with path.open(encoding="utf-8", newline="") as f:
         for line_no, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
             if line_no == 1 and row and row[0].strip().lower() == "id":

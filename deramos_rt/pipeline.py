@@ -21,6 +21,9 @@ from deramos_rt.errors import DeramosError
 from deramos_rt.metrics import system_id
 
 
+# The error of a clip scored without a prompt: its MI is given, its TA is not (a job can ask for MI only).
+EMPTY_PROMPT = "empty prompt: TA not scored (MI given)"
+
 @dataclass(frozen=True)
 class ClipRequest:
     """One clip to score: a file (``path``) or an in-memory signal (``array`` at ``sample_rate``).
@@ -64,6 +67,9 @@ def make_request(item, index: int) -> ClipRequest:
         fields = {"path": item[0], "prompt": item[1]}
     elif isinstance(item, (tuple, list)) and len(item) == 3:
         fields = {"array": item[0], "sample_rate": item[1], "prompt": item[2]}
+    elif isinstance(item, (str, os.PathLike)):
+        raise DeramosError(f"item #{index} is a bare path ({str(item)[:80]!r}): give (path, prompt) items, or "
+                           "score one clip with Scorer.score_clip(path, prompt)")
     else:
         raise DeramosError(f"item #{index} must be (path, prompt), (array, sample_rate, prompt) or a dict with "
                            f"path and prompt, got {type(item).__name__}")

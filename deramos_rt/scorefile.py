@@ -8,13 +8,16 @@ Score file (CSV or JSONL by extension): ``id, path, system, prompt, mi, ta, erro
 ``error`` set and empty (CSV) / null (JSONL) scores; in CSV a float is written with ``repr`` (exact round
 trip) and a distribution as JSON text. Rows go to ``OUT.partial``, flushed every few rows; the finished
 file is renamed to ``OUT``. A killed job leaves a valid partial file with every flushed clip; resuming
-drops a torn last line and skips the ids already written. The per-system summary (``OUT`` with
-``.systems`` before the extension) is computed from the finished file.
+drops a torn last line, keeps one row per id (the first) and skips the ids already written. A write that
+fails (a full disk) is a :class:`DeramosError` naming the file and the errno, with the partial file kept
+for a resume. The per-system summary (``OUT`` with ``.systems`` before the extension) is computed from the
+finished file; its header tells it apart from files this tool did not write (:func:`is_summary_file`).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import math
@@ -68,6 +71,13 @@ def summary_path(out: str | Path) -> Path:
 def partial_path(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.name + ".partial")
+
+
+def write_error(path: str | Path, exc: OSError, advice: str = "") -> DeramosError:
+    """One line for a failed write: the file, the system's reason and the errno (``ENOSPC``: a full disk)."""
+    code = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return DeramosError(f"cannot write {path}: {reason} (errno {exc.errno} {code})".replace(" )", ")") + advice)
 
 
 def cell(value) -> str:
@@ -202,14 +212,18 @@ def write_rows(path: Path, rows: Iterable[dict], cols: tuple[str, ...]) -> None:
     """Write rows (dicts) with ``cols`` to ``path`` (CSV or JSONL by extension), atomically."""
     tmp = partial_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tmp.open("w", encoding="utf-8", newline="") as f:
-        if is_csv(path):
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(cols)
-            writer.writerows([cell(row.get(c)) for c in cols] for row in rows)
-        else:
-            f.writelines(json.dumps({c: row.get(c) for c in cols}, ensure_ascii=False) + "\n" for row in rows)
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8", newline="") as f:
+            if is_csv(path):
+                writer = csv.writer(f, lineterminator="\n")
+                writer.writerow(cols)
+                writer.writerows([cell(row.get(c)) for c in cols] for row in rows)
+            else:
+                f.writelines(json.dumps({c: row.get(c) for c in cols}, ensure_ascii=False) + "\n" for row in rows)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written copy is never left beside the file it was to replace
+        raise
 
 
 class ScoreWriter:
@@ -219,7 +233,8 @@ class ScoreWriter:
         out: the final score file (.csv or .jsonl).
         provenance: the provenance columns' values.
         probs: also write ``mi_probs``, ``ta_probs``.
-        resume: continue an existing ``OUT.partial`` or ``OUT`` (skipping its ids).
+        resume: continue an existing ``OUT.partial`` or ``OUT`` (skipping its ids; an id written twice, by two
+            jobs at once, is kept once).
         overwrite: discard existing output.
         flush_every: rows written between flushes to disk (what a killed process can lose at most).
 
@@ -228,7 +243,8 @@ class ScoreWriter:
 
     Raises:
         DeramosError: output exists and neither ``resume`` nor ``overwrite``; resumed output with other
-            columns or from another model.
+            columns or from another model; a write that fails (naming the file and errno; every row
+            flushed before it stays in ``OUT.partial``).
     """
 
     def __init__(self, out: str | Path, provenance: dict, probs: bool = False, resume: bool = False,
@@ -242,7 +258,15 @@ class ScoreWriter:
         self.done: set[str] = set()
         self.failed_before = 0
         self.flush_every = max(1, int(flush_every))
-        self._prepare_existing(resume, overwrite)
+        self._unflushed = 0
+        self._file = None
+        try:
+            self._prepare_existing(resume, overwrite)
+            self._open()
+        except OSError as exc:
+            raise self._write_error(exc) from exc
+
+    def _open(self) -> None:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         fresh = not self.partial.exists() or self.partial.stat().st_size == 0
         self._file = self.partial.open("a", encoding="utf-8", newline="")
@@ -250,7 +274,12 @@ class ScoreWriter:
         if fresh and self._csv is not None:
             self._csv.writerow(self.columns)
             self._file.flush()
-        self._unflushed = 0
+
+    def _write_error(self, exc: OSError) -> DeramosError:
+        path = exc.filename or self.partial
+        kept = (f"; every clip written before is kept in {self.partial}: make room, then rerun with --resume"
+                if self.partial.exists() else "")
+        return write_error(path, exc, kept)
 
     def _prepare_existing(self, resume: bool, overwrite: bool) -> None:
         existing = [p for p in (self.partial, self.out) if p.exists()]
@@ -265,56 +294,101 @@ class ScoreWriter:
             return
         if self.partial.exists():
             cut_torn_tail(self.partial)
-            self._load_done(self.partial)
+            duplicates = self._load_done(self.partial)
             if self.out.exists():
                 self.out.unlink()  # the partial is the newer state of the same job
         else:
-            self._load_done(self.out)  # checked before it is touched, so a refused resume changes nothing
+            duplicates = self._load_done(self.out)  # checked before it is touched, so a refused resume changes nothing
             os.replace(self.out, self.partial)  # resume a finished file: reopen it as the partial
+        if duplicates:
+            self._drop_duplicates(duplicates)
 
-    def _load_done(self, path: Path) -> None:
+    def _load_done(self, path: Path) -> int:
+        """Read the ids (and failures) of an existing output; returns how many rows repeat an earlier id."""
         header = csv_header(path) if self.format == ".csv" else self.columns
         if header and header != self.columns:
             raise DeramosError(f"cannot resume {path}: its columns ({', '.join(header)}) differ from this "
                                f"run's ({', '.join(self.columns)}); use the same --probs setting or --overwrite")
+        duplicates = 0
         for row in read_rows(path):
-            if self.format == ".jsonl" and ("mi_probs" in row) != self.probs:
-                raise DeramosError(f"cannot resume {path}: it was written {'with' if 'mi_probs' in row else 'without'} "
-                                   "--probs; use the same --probs setting or --overwrite")
-            if row.get("bundle") and row["bundle"] != self.provenance["bundle"]:
-                raise DeramosError(f"cannot resume {path}: it was scored with model {row['bundle']}, this run "
-                                   f"uses {self.provenance['bundle']}; use --overwrite or another --out")
-            self.done.add(str(row["id"]))
+            self._check_resumable(path, row)
+            clip_id = str(row["id"])
+            if clip_id in self.done:
+                duplicates += 1
+                continue
+            self.done.add(clip_id)
             self.failed_before += bool(row.get("error"))
+        return duplicates
+
+    def _check_resumable(self, path: Path, row: dict) -> None:
+        if self.format == ".jsonl" and ("mi_probs" in row) != self.probs:
+            raise DeramosError(f"cannot resume {path}: it was written {'with' if 'mi_probs' in row else 'without'} "
+                               "--probs; use the same --probs setting or --overwrite")
+        if row.get("bundle") and row["bundle"] != self.provenance["bundle"]:
+            raise DeramosError(f"cannot resume {path}: it was scored with model {row['bundle']}, this run "
+                               f"uses {self.provenance['bundle']}; use --overwrite or another --out")
+
+    def _drop_duplicates(self, duplicates: int) -> None:
+        """Rewrite the partial file with the first row of each id (two jobs once wrote the same clips)."""
+        log.warning("resume: %s held %d rows whose id was already written (two jobs on one output?): kept the "
+                    "first row of each id", self.partial, duplicates)
+        kept: set[str] = set()
+
+        def first_rows():
+            for row in read_rows(self.partial):
+                if str(row["id"]) not in kept:
+                    kept.add(str(row["id"]))
+                    yield row
+
+        write_rows(self.partial, first_rows(), self.columns)
 
     def write(self, result) -> None:
         record = result_record(result, self.provenance, self.probs)
-        if self._csv is not None:
-            self._csv.writerow([cell(record[c]) for c in self.columns])
-        else:
-            self._file.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+        try:
+            if self._csv is not None:
+                self._csv.writerow([cell(record[c]) for c in self.columns])
+            else:
+                self._file.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+        except OSError as exc:
+            raise self._write_error(exc) from exc
         self.done.add(result.id)
         self._unflushed += 1
         if self._unflushed >= self.flush_every:
             self.flush()
 
     def flush(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise self._write_error(exc) from exc
         self._unflushed = 0
 
     def finish(self) -> Path:
         """Flush, close and rename the partial file to the final name (atomic)."""
         self.flush()
-        self._file.close()
-        os.replace(self.partial, self.out)
+        try:
+            self._file.close()
+            os.replace(self.partial, self.out)
+        except OSError as exc:
+            raise self._write_error(exc) from exc
         return self.out
 
     def abort(self) -> None:
-        """Flush and close, keeping ``OUT.partial`` for a later resume."""
-        if not self._file.closed:
+        """Flush what can be flushed and close, keeping ``OUT.partial`` for a later resume.
+
+        After a failed write the file may end in a torn record; a resume cuts it off.
+        """
+        if self._file is None or self._file.closed:
+            return
+        try:
             self._file.flush()
+        except OSError as exc:
+            log.debug("abort: could not flush %s: %s", self.partial, exc)
+        try:
             self._file.close()
+        except OSError as exc:  # close flushes again and fails the same way; the descriptor is closed anyway
+            log.debug("abort: could not close %s cleanly: %s", self.partial, exc)
 
 
 # ----------------------------------------------------------------------------------------------- summary
@@ -357,6 +431,26 @@ def write_summary(rows: Iterable[dict], path: str | Path) -> Path:
     path = Path(path)
     write_rows(path, records, SUMMARY_COLUMNS + PROVENANCE)
     return path
+
+
+def is_summary_file(path: str | Path) -> bool:
+    """Whether an existing file is a per-system summary this tool wrote (by its header or first record).
+
+    An empty file counts as one (there is nothing in it to lose); anything else this tool did not write is
+    never overwritten.
+    """
+    path = Path(path)
+    with path.open("rb") as f:
+        first = f.readline(64 * 1024).decode("utf-8", errors="replace").lstrip("\ufeff").strip()
+    if not first:
+        return True
+    if is_csv(path):
+        return tuple(next(csv.reader([first]), ()))[: len(SUMMARY_COLUMNS)] == SUMMARY_COLUMNS
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and tuple(record)[: len(SUMMARY_COLUMNS)] == SUMMARY_COLUMNS
 
 
 def summarize(out: str | Path) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -26,12 +27,11 @@ import numpy as np
 
 from deramos_rt.audio import LONG_AUDIO
 from deramos_rt.errors import DeramosError
-from deramos_rt.pipeline import Prepared, make_request, prepared_stream
+from deramos_rt.pipeline import EMPTY_PROMPT, Prepared, make_request, prepared_stream
 from deramos_rt.text import check_text_graph, check_token_ids
 
 log = logging.getLogger(__name__)
 
-EMPTY_PROMPT = "empty prompt: TA not scored (MI given)"
 TEXT_CACHE_SIZE = 2048
 
 
@@ -93,7 +93,7 @@ class Scorer:
     Example::
 
         scorer = Scorer()
-        [clip] = scorer.score([("song.wav", "calm piano")])
+        clip = scorer.score_clip("song.wav", "calm piano")
         print(clip.mi, clip.ta)
     """
 
@@ -151,8 +151,21 @@ class Scorer:
         """
         return list(self.iter_scores(items))
 
+    def score_clip(self, audio, *args) -> ClipScore:
+        """Score one clip: ``score_clip(path, prompt)`` or ``score_clip(array, sample_rate, prompt)``.
+
+        Without a prompt only MI is scored (``ta`` None, ``error`` says why). A clip that cannot be
+        scored is returned with ``error`` set, as in :meth:`score`.
+
+        Raises:
+            DeramosError: the arguments have neither shape.
+        """
+        [result] = self.score([_clip_item(audio, args)])
+        return result
+
     def iter_scores(self, items: Iterable) -> Iterator[ClipScore]:
         """Like :meth:`score`, but streamed: memory stays flat in the number of items."""
+        _refuse_single_clip(items)
         requests = (make_request(item, i) for i, item in enumerate(items))
         stream = prepared_stream(requests, self.protocol, self.long_audio, self.decode_workers,
                                  prefetch=max(4 * self.batch_size, 16))
@@ -256,6 +269,26 @@ class Scorer:
         if self.source.head == "distribution":
             return float(value @ self.source.bins), [float(v) for v in value]
         return float(value), None
+
+
+def _clip_item(audio, args: tuple) -> dict:
+    """The item of :meth:`Scorer.score_clip`'s arguments."""
+    if isinstance(audio, (str, os.PathLike)):
+        if len(args) > 1:
+            raise DeramosError(f"score_clip(path, prompt) takes 2 arguments, got {len(args) + 1}")
+        return {"path": os.fspath(audio), "prompt": args[0] if args else ""}
+    if not args or len(args) > 2 or isinstance(args[0], bool) or not isinstance(args[0], (int, np.integer)):
+        raise DeramosError("score_clip(array, sample_rate, prompt): give the array's sample rate (an integer, "
+                           "in Hz) after it, then the prompt")
+    return {"array": audio, "sample_rate": int(args[0]), "prompt": args[1] if len(args) == 2 else ""}
+
+
+def _refuse_single_clip(items) -> None:
+    """A bare path or one (path, prompt) tuple passed as ``items`` would be iterated piece by piece."""
+    one = (str, bytes, os.PathLike, np.ndarray)
+    if isinstance(items, one + (dict,)) or (isinstance(items, tuple) and items and isinstance(items[0], one)):
+        raise DeramosError("Scorer.score takes a list of items such as [(path, prompt)]; for one clip use "
+                           "Scorer.score_clip(path, prompt) or Scorer.score_clip(array, sample_rate, prompt)")
 
 
 def _accumulate(total, value, weight: float):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -34,7 +35,9 @@ def test_score_api_manifest_and_cli_give_identical_scores(tiny_bundle, clips, tm
     assert code == 0
     api, cli = _rows(tmp_path / "api.jsonl"), _rows(tmp_path / "cli.csv")
     for d, a, c in zip(direct, api, cli, strict=True):
-        assert d.id == a["id"] == c["id"]
+        # The clips lie outside the manifest's folder: their default id is their whole path without the
+        # extension (issue 23; it was the stem, which Scorer.score still gives).
+        assert d.id == Path(d.path).stem and a["id"] == c["id"] == str(Path(d.path).with_suffix(""))
         assert d.mi == a["mi"] == float(c["mi"]) and d.ta == a["ta"] == float(c["ta"])
         assert c["backend"] == "onnxruntime" and c["precision"] == "fp32" and len(c["bundle"]) == 16
     assert (tmp_path / "cli.systems.csv").is_file() and (tmp_path / "api.systems.jsonl").is_file()
@@ -77,6 +80,56 @@ def test_killed_job_resumes_without_missing_or_duplicated_clips(tiny_bundle, cli
     ids = [r["id"] for r in _rows(out)]
     assert sorted(ids) == [r[2] for r in rows] and len(set(ids)) == len(rows)
     assert "resumed past" in resumed.stderr
+
+
+def test_a_second_job_on_the_same_output_is_refused_and_a_killed_jobs_lock_is_taken_over(tiny_bundle, clips, tmp_path):
+    rows = [(clips[i % len(clips)][0], clips[i % len(clips)][1], f"clip{i:05d}") for i in range(1500)]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "scores.csv"
+    command = [sys.executable, "-m", "deramos_rt.cli", "score", str(manifest), "--out", str(out), "--bundle",
+               str(tiny_bundle), "--backend", "onnxruntime", "--workers", "1", "--threads", "1"]
+    first = subprocess.Popen(command + ["--batch-size", "1"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = scorefile.partial_path(out)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None and not (partial.exists() and partial.stat().st_size > 4000):
+        time.sleep(0.02)
+    assert first.poll() is None, "the first job finished before the second could start"
+    os.kill(first.pid, signal.SIGSTOP)  # paused with its lock held, however long the second takes to start
+    try:
+        second = subprocess.run(command + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    assert second.returncode == 2
+    [refusal] = [line for line in second.stderr.splitlines() if "FAILED" in line]
+    assert f"is being written by another job (pid {first.pid}, lock {out}.lock)" in refusal
+    assert (tmp_path / "scores.csv.lock").read_text().strip() == str(first.pid)  # the killed job's lock is left
+    third = subprocess.run(command + ["--resume", "--batch-size", "8"], cwd=REPO, capture_output=True, text=True,
+                           timeout=300)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert f"took over the lock {out}.lock left by pid {first.pid}" in third.stderr
+    ids = [r["id"] for r in _rows(out)]
+    assert sorted(ids) == [r[2] for r in rows] and len(set(ids)) == len(rows)  # nothing lost, nothing twice
+    assert not (tmp_path / "scores.csv.lock").exists()
+
+
+def test_a_prompt_longer_than_the_csv_cell_limit_resumes_compares_and_counts_as_truncated(tiny_bundle, clips,
+                                                                                           tmp_path, capsys):
+    from deramos_rt.compare import read_scores
+
+    long = "a slow and very long piano piece " * 5000  # 165,000 characters: over csv's default 131,072
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"path": p, "prompt": long if i == 0 else t, "id": f"c{i}"}) + "\n"
+                                for i, (p, t) in enumerate(clips)), encoding="utf-8")
+    out = tmp_path / "scores.csv"
+    common = ["--bundle", str(tiny_bundle), "--backend", "onnxruntime"]
+    assert main(["score", str(manifest), "--out", str(out), *common]) == 0
+    assert "prompts truncated 1;" in capsys.readouterr().err
+    assert main(["score", str(manifest), "--out", str(out), "--resume", *common]) == 0
+    assert f"resumed past {len(clips)}" in capsys.readouterr().err
+    clips_read = read_scores(out)
+    assert clips_read[0].prompt == long.strip() and len(clips_read) == len(clips)
+    assert main(["compare", str(out), "--out", str(tmp_path / "report"), "--resamples", "200"]) == 0
 
 
 def test_musiceval_split_prints_metrics(tiny_bundle, tmp_path, capsys):

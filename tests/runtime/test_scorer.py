@@ -171,3 +171,25 @@ def test_an_unforeseen_decode_failure_costs_one_clip_not_the_job():
     good = prepare_request(make_request((np.zeros(800, np.float32), 16000, "x"), 1), AudioProtocol(16000, 1.0), "truncate")
     assert bad.windows is None and "ValueError" in bad.error
     assert good.error is None and good.windows.shape == (1, 16000)
+
+
+def test_score_clip_scores_one_file_or_array_like_score(torch_scorer, clips):
+    path, prompt = clips[0]
+    [reference] = torch_scorer.score([(path, prompt)])
+    by_path = torch_scorer.score_clip(path, prompt)
+    signal, rate = sf.read(path, dtype="float32")
+    by_array = torch_scorer.score_clip(signal, rate, prompt)
+    assert isinstance(by_path, ClipScore) and (by_path.id, by_path.mi, by_path.ta) == (reference.id, reference.mi, reference.ta)
+    assert by_array.mi == pytest.approx(reference.mi, abs=1e-6) and by_array.ta == pytest.approx(reference.ta, abs=1e-6)
+    mi_only = torch_scorer.score_clip(path)
+    assert mi_only.mi == reference.mi and mi_only.ta is None and mi_only.error == EMPTY_PROMPT
+    with pytest.raises(DeramosError, match=r"score_clip\(array, sample_rate, prompt\): give the array's sample rate"):
+        torch_scorer.score_clip(signal, prompt)
+
+
+@pytest.mark.parametrize("items", ["song.wav", ("song.wav", "calm piano"), {"path": "song.wav", "prompt": "x"}])
+def test_score_given_one_clip_points_to_score_clip(torch_scorer, items):
+    with pytest.raises(DeramosError, match=r"Scorer.score takes a list of items .*use Scorer.score_clip\(path, prompt\)"):
+        torch_scorer.score(items)
+    with pytest.raises(DeramosError, match=r"item #1 is a bare path \('b.wav'\).*Scorer.score_clip"):
+        torch_scorer.score([("a.wav", "x"), "b.wav"])
