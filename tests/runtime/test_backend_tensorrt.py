@@ -251,6 +251,16 @@ def test_every_io_tensor_is_bound_and_input_dtypes_are_checked(gpu, tiny_bundle)
         TensorRTBackend(bundle, precision="fp16")
 
 
+def test_engines_whose_tensors_are_not_the_bundle_graphs_are_refused(gpu, tiny_bundle, tmp_path):
+    trt, cuda = gpu
+    graphs = json.loads((tiny_bundle / MANIFEST).read_text())["graphs"]
+    graphs["ta"]["outputs"].append({"name": "ta_scores", "dtype": "float32", "shape": ["batch"]})
+    with pytest.raises(DeramosError, match=r"the ta engine's tensors .*out: ta_probs\) are not the bundle graph's "
+                                           r"\(in: audio_x, text_x, text_mask; out: ta_probs, ta_scores\)"):
+        TensorRTBackend(load_bundle(_copy(tiny_bundle, tmp_path, graphs=graphs)))
+    assert cuda.streams == set() and cuda.memory == {}
+
+
 def test_device_buffers_are_reused_and_everything_is_freed(gpu, tiny_bundle):
     """Fault: a cudaMalloc / cudaFree and a synchronisation per buffer per call."""
     trt, cuda = gpu
