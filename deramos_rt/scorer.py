@@ -117,6 +117,11 @@ class Scorer:
         check_text_graph(self.backend.run_text, self.tokenizer.vocab_size, self.source.root)
         on_gpu = self.backend.info.device.startswith(("cuda", "tensorrt"))
         self.batch_size = int(batch_size) if batch_size else (32 if on_gpu else 8)
+        cap = getattr(self.backend, "max_batch", None)  # e.g. a TensorRT engine's optimisation profile
+        if cap and self.batch_size > cap:
+            log.info("batch size %d capped at %d: the most the %s backend takes per call", self.batch_size, cap,
+                     self.backend.info.name)
+            self.batch_size = cap
         self.decode_workers = decode_workers
         self.long_audio = long_audio
         self._text: collections.OrderedDict[str, tuple[np.ndarray, bool]] = collections.OrderedDict()

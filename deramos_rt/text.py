@@ -142,9 +142,7 @@ def check_text_graph(run_text, vocab_size: int, source) -> None:
     ids = np.full((1, 1), vocab_size - 1, dtype=np.int64)
     try:
         run_text(ids, np.ones_like(ids))
-    except DeramosError:
-        raise
-    except Exception as exc:  # each inference library raises its own types
+    except Exception as exc:  # each inference library raises its own types (ONNX Runtime's as DeramosError)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise DeramosError(f"the text graph of {source} rejects token id {vocab_size - 1} ({first}): its embedding "
                            f"is smaller than the tokenizer's vocabulary of {vocab_size}, so the model's vocab_size "

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deramos_rt.backends.aoti import cpu_isa
+from deramos_rt.backends.aoti import cpu_isa, fp32_math
 from deramos_rt.bundle import GRAPHS
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,8 @@ def build_packages(model, out_dir: str | Path, device: str, max_tokens: int,
         start = time.perf_counter()
         # The fused MHA fast path is an opaque op outside export's decomposition; off, the layers trace
         # to plain linear / softmax / layer_norm that Inductor compiles.
-        with mha_fastpath_off(), torch.no_grad():
+        # fp32_math: Inductor picks TF32 or not for its matmul kernels from torch's switches at compile time.
+        with mha_fastpath_off(), torch.no_grad(), fp32_math(torch):
             program = torch.export.export(module.eval(), args, dynamic_shapes=shapes)
             path = torch._inductor.aoti_compile_and_package(
                 program, package_path=str(folder / f"{graph}.pt2"), inductor_configs=dict(INDUCTOR_CONFIGS))

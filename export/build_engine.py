@@ -226,19 +226,14 @@ def _same_outputs_check(reference: Path, tolerance: float = 1e-5):
     return check
 
 
-def random_feed(session, batch: int = 3, tokens: int = 5, seed: int = 0) -> dict:
-    """Seeded random inputs for an ORT session: symbolic ``batch`` / ``tokens`` axes get the sizes given."""
-    import numpy as np
+def random_feed(session, batch: int = 3, tokens: int = 5, seed: int = 0, max_tokens: int | None = None) -> dict:
+    """Seeded random inputs for an ORT session: symbolic ``batch`` / ``tokens`` axes get the sizes given,
+    ``tokens`` cut to ``max_tokens`` (a TensorRT profile, or position table, ends there)."""
+    from deramos_rt.backends.onnxruntime import probe_feed
 
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for spec in session.get_inputs():
-        shape = [batch if d == "batch" else tokens if d == "tokens" else d for d in spec.shape]
-        if "int64" in spec.type:
-            feed[spec.name] = np.ones(shape, np.int64) if "mask" in spec.name else rng.integers(5, 100, shape)
-        else:
-            feed[spec.name] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
-    return feed
+    tokens = min(tokens, max_tokens) if max_tokens else tokens
+    specs = [(spec.name, spec.type, spec.shape) for spec in session.get_inputs()]
+    return probe_feed(specs, {"batch": batch, "tokens": tokens}, seed)
 
 
 def _derive_variants(work: Path, opts: BuildOptions) -> dict[str, dict[str, Any]]:
@@ -381,7 +376,7 @@ def _tensorrt(work: Path, manifest: dict, opts: BuildOptions) -> list[dict]:
         feeds = {}
         for graph in GRAPHS:
             session = ort.InferenceSession(str(bundle.graph_path("fp32", graph)), providers=["CPUExecutionProvider"])
-            feeds[graph] = random_feed(session, batch=min(3, opts.max_batch))
+            feeds[graph] = random_feed(session, batch=min(3, opts.max_batch), max_tokens=manifest["text"]["max_tokens"])
         entries[0]["check_max_abs"] = tensorrt.check_engines(bundle, precision, feeds)
     return entries
 

@@ -4,7 +4,8 @@ Backends are named here by module path only, so importing this package loads no 
 backend's module imports its library when it is opened. Every backend class has one constructor,
 ``Backend(source, device=None, precision=None, threads=None)``, and fills in its own defaults.
 :func:`open_backend` turns (name, source, device, precision, threads) into an open backend; ``auto`` tries
-the fastest candidates first and logs which one it took and why each faster one was passed over.
+the fastest candidates first and logs which one it took and why each faster one was passed over (at
+WARNING when it ends on the CPU after a GPU candidate failed). docs/serving.md describes the GPU paths.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ class BackendSpec:
 BACKENDS: dict[str, BackendSpec] = {
     "onnxruntime": BackendSpec("deramos_rt.backends.onnxruntime", "OnnxRuntimeBackend", ("onnxruntime",),
                                "cpu (or gpu for onnxruntime-gpu; never both)", "bundle"),
-    "tensorrt": BackendSpec("deramos_rt.backends.tensorrt", "TensorRTBackend", ("tensorrt",),
-                            "none: install tensorrt-cu12>=10,<11 from NVIDIA's index", "bundle"),
+    # TensorRT's Python API has no memory or stream calls: the backend makes them through cuda-python.
+    "tensorrt": BackendSpec("deramos_rt.backends.tensorrt", "TensorRTBackend", ("tensorrt", "cuda.bindings"),
+                            "none: install tensorrt-cu12>=10,<11 from NVIDIA's index and cuda-python (module "
+                            "cuda.bindings)", "bundle"),
     "aoti": BackendSpec("deramos_rt.backends.aoti", "AotiBackend", ("torch",), "train", "bundle"),
     "torch": BackendSpec("deramos_rt.backends.torch", "TorchBackend", ("torch", "transformers", "safetensors"),
                          "train", "run"),
@@ -53,9 +56,17 @@ NAMES = (*BACKENDS, "auto")
 NATIVE = {"tensorrt": "TensorRT engines", "aoti": "AOTInductor packages"}
 
 
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (found without importing it; a dotted name imports its parents)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a missing parent package, or a module without a spec
+        return False
+
+
 def missing_packages(name: str) -> list[str]:
     """The packages backend ``name`` needs that are not installed (found without importing them)."""
-    return [p for p in BACKENDS[name].packages if importlib.util.find_spec(p) is None]
+    return [p for p in BACKENDS[name].packages if not installed(p)]
 
 
 def backend_class(name: str):
@@ -78,8 +89,7 @@ def backend_class(name: str):
 
 def available() -> list[str]:
     """Backends whose packages are installed (their modules may still fail at open time)."""
-    return [n for n, s in BACKENDS.items()
-            if not missing_packages(n) and importlib.util.find_spec(s.module) is not None]
+    return [n for n, s in BACKENDS.items() if not missing_packages(n) and installed(s.module)]
 
 
 def cuda_requested(device: str | None) -> bool:
@@ -109,6 +119,34 @@ def gpu_present() -> bool:
     return Path("/proc/driver/nvidia/gpus").is_dir() and os.environ.get("CUDA_VISIBLE_DEVICES") not in ("", "-1")
 
 
+def gpu_name(index: int = 0, proc: str | Path = "/proc/driver/nvidia/gpus") -> str | None:
+    """The model name of CUDA device ``index`` (None when nothing can tell it).
+
+    cuda-python numbers devices as CUDA does; without it the driver's /proc files name the models but not
+    CUDA's order, so every model present is named (the name still changes whenever the hardware does).
+    """
+    try:
+        from cuda.bindings import runtime as cudart
+
+        err, prop = cudart.cudaGetDeviceProperties(index)
+        if int(err) == 0:
+            name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
+            return name.split("\x00")[0].strip() or None
+    except ImportError:
+        pass
+    models = set()
+    for info in sorted(Path(proc).glob("*/information")):
+        try:
+            text = info.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "Model" and value.strip():
+                models.add(value.strip())
+    return "+".join(sorted(models)) or None
+
+
 def open_backend(name: str, source, device: str | None = None, precision: str | None = None,
                  threads: int | None = None, trust_bundle: bool = False):
     """Open backend ``name`` on ``source`` (a bundle or a run source, see :mod:`deramos_rt.source`).
@@ -132,7 +170,12 @@ def open_backend(name: str, source, device: str | None = None, precision: str | 
     wanted = BACKENDS[name].source
     if wanted != source.kind:
         raise DeramosError(_wrong_kind(name, source))
-    native = {"trust_bundle": trust_bundle} if name in NATIVE else {}  # native code only on the user's word
+    native = {}
+    if name in NATIVE:  # native code only on the user's word: refused before its packages are even looked at
+        from deramos_rt.trust import require_native_trust
+
+        require_native_trust(source, NATIVE[name], trust_bundle)
+        native = {"trust_bundle": trust_bundle}
     return backend_class(name)(source, device=device, precision=precision, threads=threads, **native)
 
 
@@ -188,11 +231,13 @@ def _auto(source, device, precision, threads, trust_bundle=False):
         try:
             backend = open_backend(name, source, dev, prec, threads, trust_bundle)
         except DeramosError as exc:
-            passed.append(f"{name} {prec} on {dev}: {exc}")
+            passed.append((f"{name} {prec} on {dev}: {exc}", cuda_requested(dev)))
             continue
         log.info("auto: backend %s %s on %s (%s)", name, prec, dev, why)
-        for line in passed:
-            log.info("auto: passed over %s", line)
+        # Ending on the CPU after every GPU candidate failed is a slow surprise: say so, and why.
+        gpu_failed = not cuda_requested(dev) and any(on_gpu for _, on_gpu in passed)
+        for line, _ in passed:
+            log.log(logging.WARNING if gpu_failed else logging.INFO, "auto: passed over %s", line)
         return backend
-    reasons = "; ".join(passed + skipped or ["no candidate"])
-    raise DeramosError(f"no backend works here for bundle {source.root}: {reasons}")
+    reasons = [line for line, _ in passed] + skipped or ["no candidate"]
+    raise DeramosError(f"no backend works here for bundle {source.root}: " + "; ".join(reasons))

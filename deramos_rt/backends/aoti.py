@@ -4,17 +4,22 @@ Needs torch (``torch._inductor.aoti_load_package``) but not the training code: t
 packages. A package is machine code for one torch version, one device type and, on the CPU, the
 instruction set of the machine that compiled it (or, on CUDA, one GPU architecture); loading it elsewhere
 can crash the process instead of raising, so every mismatch is refused up front, in one line, from the
-manifest alone (:func:`check_compatible`).
+manifest alone (:func:`check_compatible`). CUDA packages carry host code too, compiled for the build
+machine's CPU, so the instruction-set check applies to them as well.
+
+The packages are fp32 and gated as such; on CUDA, TF32 is switched off for matmuls and convolutions while
+they run (:func:`fp32_math`), so "fp32" is fp32 whatever the host program set.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deramos_rt.backends.base import BackendInfo
+from deramos_rt.backends.base import BackendInfo, in_chunks
 from deramos_rt.bundle import GRAPHS
 from deramos_rt.errors import DeramosError
 from deramos_rt.trust import require_native_trust
@@ -66,13 +71,13 @@ def check_compatible(aoti: dict[str, Any] | None, root, device: str | None, prec
     package_precision = aoti.get("precision", "fp32")
     if precision not in (None, package_precision):
         raise DeramosError(f"bundle {root}'s AOTInductor packages are {package_precision}, not {precision}")
-    if built_for == "cpu":
-        lacking = [f for f in aoti.get("isa", []) if f not in isa]
-        if lacking:
-            raise DeramosError(f"bundle {root}'s AOTInductor packages were compiled for a CPU with "
-                               f"{', '.join(aoti['isa'])}; this CPU lacks {', '.join(lacking)}: use the onnxruntime "
-                               "backend or rebuild the bundle on this machine")
-    else:
+    lacking = [f for f in aoti.get("isa", []) if f not in isa]
+    if lacking:
+        host = " (CUDA packages carry host code for it too)" if built_for != "cpu" else ""
+        raise DeramosError(f"bundle {root}'s AOTInductor packages were compiled for a CPU with "
+                           f"{', '.join(aoti['isa'])}{host}; this CPU lacks {', '.join(lacking)}: use the "
+                           "onnxruntime backend or rebuild the bundle on this machine")
+    if built_for != "cpu":
         if gpu_capability is None:
             raise DeramosError(f"device {device!r} requested but this torch sees no CUDA GPU")
         wanted = (aoti.get("gpu") or {}).get("compute_capability")
@@ -80,6 +85,30 @@ def check_compatible(aoti: dict[str, Any] | None, root, device: str | None, prec
             raise DeramosError(f"bundle {root}'s AOTInductor packages were compiled for GPUs of compute capability "
                                f"{wanted}, this GPU is {gpu_capability}: rebuild the bundle on this GPU")
     return device
+
+
+@contextlib.contextmanager
+def fp32_math(torch):
+    """TF32 off for CUDA matmuls and cuDNN convolutions inside the block, the caller's setting restored after.
+
+    cuBLAS and cuDNN read these switches at call time (torch allows TF32 in cuDNN convolutions by
+    default, and a host program may allow it for matmuls). torch 2.9+ has per-backend ``fp32_precision``
+    switches and refuses reads of the older ``allow_tf32`` ones once the two are mixed, so the newer are
+    used where they exist.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv"):
+        switches = [(matmul, "fp32_precision", "ieee"), (cudnn.conv, "fp32_precision", "ieee")]
+    else:
+        switches = [(matmul, "allow_tf32", False), (cudnn, "allow_tf32", False)]
+    saved = [getattr(owner, name) for owner, name, _ in switches]
+    for owner, name, value in switches:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for (owner, name, _), value in zip(switches, saved):
+            setattr(owner, name, value)
 
 
 class AotiBackend:
@@ -92,6 +121,10 @@ class AotiBackend:
         threads: torch's CPU threads while the backend is open (None: torch's default).
         trust_bundle: the user trusts this bundle's native code for this run (else it must be in the trust
             store: :mod:`deramos_rt.trust`).
+
+    Attributes:
+        max_batch: the packages' largest batch (the manifest's ``aoti.batch``; None: no limit). The
+            compiled code does not check it, so larger calls are split here.
 
     Raises:
         DeramosError: an untrusted bundle (checked before anything is read), no packages, a torch version /
@@ -125,19 +158,21 @@ class AotiBackend:
                     self._graphs[graph] = torch._inductor.aoti_load_package(str(path))
             except Exception as exc:  # a compiled package fails with RuntimeError or OSError variants
                 raise DeramosError(f"cannot load AOTInductor package {path}: {exc}") from exc
+        self.max_batch = (aoti.get("batch") or [None, None])[1]
         self._threads = TorchThreads(torch, threads)
         where = aoti.get("gpu", {}).get("name") if self._device.type == "cuda" else " ".join(aoti.get("isa", []))
         self.info = BackendInfo("aoti", aoti.get("precision", "fp32"), str(self._device),
                                 f"torch {torch.__version__}, packages for {where or aoti['device']}")
 
     def _run(self, graph: str, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+        feed = dict(enumerate(arrays))
+        return tuple(in_chunks(lambda part: self._run_once(graph, *part.values()), feed, self.max_batch))
+
+    def _run_once(self, graph: str, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
         torch = self._torch
         tensors = [torch.from_numpy(np.ascontiguousarray(a)).to(self._device) for a in arrays]
-        # cuDNN convolutions default to TF32 (10-bit mantissa); the packages are fp32 and gated as such,
-        # and the compiled code reads these flags at call time.
-        cudnn = torch.backends.cudnn
-        with torch.inference_mode(), cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
-                                                 deterministic=cudnn.deterministic, allow_tf32=False):
+        math = fp32_math(torch) if self._device.type == "cuda" else contextlib.nullcontext()
+        with torch.inference_mode(), math:
             out = self._graphs[graph](*tensors)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return tuple(o.float().cpu().numpy() for o in outs)

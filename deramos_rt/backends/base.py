@@ -9,13 +9,15 @@ Graph contract (``training/split.py`` defines the parts, ``deramos_rt/bundle.py`
 * ``run_ta(audio_x (B, T, d), text_x (B, L, d), text_mask (B, L) int64) -> ta`` like ``mi``.
 
 All arrays cross the interface as numpy on the host. A backend that keeps tensors on a device may cache
-them internally, but its outputs are numpy.
+them internally, but its outputs are numpy. ``max_batch`` is the most rows one call may take (a compiled
+engine's optimisation profile), None when any batch runs; a backend with a limit splits larger calls
+itself, and the Scorer keeps its batches within it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -41,6 +43,7 @@ class Backend(Protocol):
     """The interface every backend implements."""
 
     info: BackendInfo
+    max_batch: int | None
 
     def run_audio(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -49,3 +52,17 @@ class Backend(Protocol):
     def run_ta(self, audio_x: np.ndarray, text_x: np.ndarray, text_mask: np.ndarray) -> np.ndarray: ...
 
     def close(self) -> None: ...
+
+
+def in_chunks(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]], feed: dict[str, np.ndarray],
+              max_batch: int | None) -> list[np.ndarray]:
+    """``run(feed)`` on slices of at most ``max_batch`` rows (axis 0 of every input), outputs joined.
+
+    Every graph's inputs and outputs are batch-first and rows are independent, so slicing gives the
+    same rows as one call would.
+    """
+    rows = len(next(iter(feed.values())))
+    if not max_batch or rows <= max_batch:
+        return list(run(feed))
+    parts = [run({name: array[i:i + max_batch] for name, array in feed.items()}) for i in range(0, rows, max_batch)]
+    return [np.concatenate(outputs) for outputs in zip(*parts)]

@@ -61,6 +61,7 @@ class TorchBackend:
         self._device = torch.device(device)
         self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         self._threads = TorchThreads(torch, threads)
+        self.max_batch = None  # eager torch takes any batch
         self.info = BackendInfo("torch", precision, str(self._device),
                                 f"torch {torch.__version__}, eager, run {source.root}")
 

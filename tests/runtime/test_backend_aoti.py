@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 
-from deramos_rt.backends.aoti import AotiBackend, check_compatible, cpu_isa
+from deramos_rt.backends.aoti import AotiBackend, check_compatible, cpu_isa, fp32_math
 from deramos_rt.bundle import load_bundle, write_manifest
 from deramos_rt.errors import DeramosError
 
@@ -27,7 +29,7 @@ def test_matching_packages_run_on_their_device():
     assert check_compatible(SECTION, "B", None, None, **HERE) == "cpu"
     assert check_compatible(SECTION, "B", "cpu", "fp32", **HERE) == "cpu"
     cuda = {**SECTION, "device": "cuda", "gpu": {"name": "H100", "compute_capability": "9.0"}}
-    assert check_compatible(cuda, "B", "cuda:1", None, "2.13.0+cpu", [], "9.0") == "cuda:1"
+    assert check_compatible(cuda, "B", "cuda:1", None, "2.13.0+cpu", ["avx", "avx2", "fma"], "9.0") == "cuda:1"
 
 
 @pytest.mark.parametrize("section, device, precision, here, message", [
@@ -40,6 +42,9 @@ def test_matching_packages_run_on_their_device():
     ({**SECTION, "isa": ["avx2", "avx512f", "avx512_vnni"]}, None, None, HERE,
      "compiled for a CPU with avx2, avx512f, avx512_vnni; this CPU lacks avx512f, avx512_vnni"),
     ({**SECTION, "device": "cuda"}, None, None, HERE, "device 'cuda' requested but this torch sees no CUDA GPU"),
+    # CUDA packages carry host code compiled with -march=native too.
+    ({**SECTION, "device": "cuda", "isa": ["avx2", "avx512f"]}, None, None, {**HERE, "gpu_capability": "9.0"},
+     r"compiled for a CPU with avx2, avx512f \(CUDA packages carry host code for it too\); this CPU lacks avx512f"),
     ({**SECTION, "device": "cuda", "gpu": {"compute_capability": "9.0"}}, None, None, {**HERE, "gpu_capability": "8.0"},
      "compute capability 9.0, this GPU is 8.0"),
 ])
@@ -65,3 +70,37 @@ def test_backend_refuses_another_torch_before_loading(tmp_path):
     with pytest.raises(DeramosError, match="cannot load AOTInductor package .*audio.pt2"):
         AotiBackend(load_bundle(root), trust_bundle=True)
     assert json.loads((root / "deramos.json").read_text())["files"]["aoti/ta.pt2"]["bytes"] == 13
+
+
+def test_fp32_math_turns_tf32_off_and_restores_the_hosts_choice():
+    """Fault: only cuDNN's TF32 was turned off; a host that allowed TF32 matmuls got TF32 from "fp32"."""
+    import torch
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = (matmul.fp32_precision, conv.fp32_precision)
+    try:
+        matmul.fp32_precision = conv.fp32_precision = "tf32"  # what a host program may have chosen
+        with fp32_math(torch):
+            assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
+
+
+def test_calls_above_the_packages_batch_range_are_split():
+    """The compiled code does not check its batch range (AOTI_RUNTIME_CHECK_INPUTS is off): split instead."""
+    import torch
+
+    seen = []
+
+    def graph(wave):
+        seen.append(len(wave))
+        return wave[:, :3] * 2, wave[:, None, :4]
+
+    backend = AotiBackend.__new__(AotiBackend)  # the packages themselves need a compiler: run a stand-in
+    backend._torch, backend._device, backend._graphs, backend.max_batch = torch, torch.device("cpu"), {"audio": graph}, 2
+    wave = np.arange(5 * 8, dtype=np.float32).reshape(5, 8)
+    mi, audio_x = backend.run_audio(wave)
+    assert seen == [2, 2, 1]
+    np.testing.assert_array_equal(mi, wave[:, :3] * 2)
+    np.testing.assert_array_equal(audio_x, wave[:, None, :4])

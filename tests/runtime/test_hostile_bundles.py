@@ -8,12 +8,9 @@ user's word.
 
 from __future__ import annotations
 
-import importlib.machinery
 import json
 import re
 import shutil
-import sys
-import types
 
 import pytest
 
@@ -203,7 +200,7 @@ def test_external_data_through_a_hash_checked_link_out_is_refused_by_onnxruntime
         manifest["files"]["ta.weights"] = {"bytes": (tmp_path / "shared.weights").stat().st_size,
                                            "sha256": file_sha256(tmp_path / "shared.weights")}
 
-    refused(score, hostile(linked), r"ONNX Runtime cannot load graph file .*ta\.fp32\.onnx.*escapes model directory",
+    refused(score, hostile(linked), r"ONNX Runtime (cannot load graph file|could not create a session for) .*ta\.fp32\.onnx.*escapes model directory",
             "--backend", "onnxruntime")
 
 
@@ -217,7 +214,7 @@ def _with_engines(root, manifest):
         (root / rel).write_bytes(b"PLAN-" + graph.encode())
         manifest["files"][rel] = {}
     manifest["tensorrt"] = [{"key": "trt10.16.1-sm90", "trt_version": "10.16.1", "compute_capability": [9, 0],
-                             "precision": "fp16", "files": {g: f"tensorrt/trt10.16.1-sm90/{g}.fp16.plan"
+                             "precision": "fp16", "tf32": False, "files": {g: f"tensorrt/trt10.16.1-sm90/{g}.fp16.plan"
                                                             for g in GRAPH_NAMES}, "profiles": {}}]
 
 
@@ -238,26 +235,13 @@ def _with_packages(device):
 
 @pytest.fixture
 def fake_tensorrt(monkeypatch):
-    """A ``tensorrt`` module and GPU that record every engine handed to the deserialiser."""
-    from deramos_rt.backends import tensorrt as trt_backend
+    """The strict TensorRT / cuda-python fakes (tests/fake_gpu.py), recording every plan handed to the
+    deserialiser, which refuses them all ("could not load": enough to see that it got there)."""
+    from tests import fake_gpu
 
     deserialised = []
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, plan):
-            deserialised.append(bytes(plan))
-            return None  # "could not load": enough to see that it got here
-
-    fake = types.ModuleType("tensorrt")
-    fake.__version__, fake.Runtime = "10.16.1", Runtime
-    fake.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
-    fake.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(trt_backend, "compute_capability", lambda index=0: (9, 0))
-    monkeypatch.setattr(trt_backend, "_Cuda", lambda index: types.SimpleNamespace(close=lambda: None))
+    trt, _ = fake_gpu.install(monkeypatch)
+    monkeypatch.setattr(trt, "_deserialize", lambda plan: deserialised.append(bytes(plan)))
     return deserialised
 
 
