@@ -25,6 +25,35 @@ Manifest fields (``format_version`` 1)::
     source:    {run, config_sha256, provenance}
 
 The manifest's own sha256 identifies the bundle (it covers every file's hash): score files record it.
+
+Ensemble bundles (``python -m export.build_engine --run R1 --run R2 ...``) have the same files and sections;
+what differs is fixed here:
+
+* Still three graphs per precision, so the backend interface is unchanged. Each holds the members' shared
+  encoder once plus all M members' heads, and every output gains a member axis at dim 1 (inputs unchanged)::
+
+      audio: waveform (B, N)                                   -> mi_probs (B, M, K) | mi_score (B, M),
+                                                                  audio_x (B, M, T, d)
+      text:  input_ids, attention_mask (B, L)                  -> text_x (B, M, L, d)
+      ta:    audio_x (B, M, T, d), text_x (B, M, L, d),
+             text_mask (B, L)                                  -> ta_probs (B, M, K) | ta_score (B, M)
+
+  Member ``m``'s slice is exactly what member ``m``'s own single-model bundle outputs; ``graphs`` records M
+  as a fixed size. A clip's ensemble MI / TA is the expected score of the mean of the members' distributions
+  (scalar heads: the mean score) and its spread the members' scores' standard deviation
+  (:mod:`deramos_rt.ensemble`).
+* ``model.members``: one entry per member, in graph order::
+
+      {name, run, config_sha256, heads_sha256, config (that member's ModelConfig), provenance (file | null)}
+
+  ``model.config`` is the first member's; backbones, head kind, bins, TA width and tokenizer are every
+  member's (the build refuses members that differ in them or in their encoder weights or audio protocol).
+* ``source``: ``{runs: [member run paths], config_sha256: null, provenance: null}``; each member's
+  ``provenance.json`` (imported research checkpoints) is kept as ``provenance/<name>.json``.
+* ``parity.json``: every variant is gated on the ensemble's scores and on every member's against that
+  member's own torch model (``members`` in each variant's report).
+
+A single-model bundle has no member axis and no ``members`` key (:attr:`Bundle.members` is None).
 """
 
 from __future__ import annotations
@@ -108,6 +137,12 @@ class Bundle:
     @property
     def variants(self) -> dict[str, dict[str, Any]]:
         return self.manifest.get("variants", {})
+
+    @property
+    def members(self) -> list[dict[str, Any]] | None:
+        """The ensemble's member entries (``model.members``, in graph order); None for a single model."""
+        members = self.manifest["model"].get("members")
+        return list(members) if members else None
 
     @property
     def max_tokens(self) -> int:
