@@ -471,10 +471,10 @@ def main(argv: list[str] | None = None) -> int:
                            aoti_device=args.aoti_device,
                            slim=not args.no_slim, parity_files=args.parity_files, parity_random=args.parity_random)
         bundle = load_bundle(out)
-        aoti = bundle.manifest.get("aoti")
-        log.info("bundle %s: variants %s%s, %s MB, built in %.1f s (manifest sha256 %s)", out,
-                 ",".join(bundle.variants), f", aoti {aoti['device']}" if aoti else "", _mb(out),
-                 time.perf_counter() - start, bundle.sha256[:16])
+        aoti, members = bundle.manifest.get("aoti"), bundle.members
+        log.info("bundle %s: %svariants %s%s, %s MB, built in %.1f s (manifest sha256 %s)", out,
+                 f"ensemble of {len(members)} members, " if members else "", ",".join(bundle.variants),
+                 f", aoti {aoti['device']}" if aoti else "", _mb(out), time.perf_counter() - start, bundle.sha256[:16])
         return 0
 
     return run_cli("export.build_engine", body)

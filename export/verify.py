@@ -4,7 +4,9 @@
 (:func:`parity_inputs`, :func:`torch_scores`, :func:`backend_scores`, :func:`compare_scores`) runs the
 whole path a user runs: generated audio files -> ``deramos_rt.audio.load_clip`` with the bundle's protocol
 -> a backend -> expected scores (``probs @ bins``), against the torch model in fp32, over several batch
-sizes (1 and larger, with padded prompts) so that no batch size is baked into a graph unnoticed.
+sizes (1 and larger, with padded prompts) so that no batch size is baked into a graph unnoticed. For an
+ensemble (``training.ensemble``) each member is scored by its own torch model and compared member by member,
+and the ensemble's scores (the expected score of the mean distribution, ``deramos_rt.ensemble``) as well.
 """
 
 from __future__ import annotations
