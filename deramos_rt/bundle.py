@@ -38,8 +38,8 @@ what differs is fixed here:
       ta:    audio_x (B, M, T, d), text_x (B, M, L, d),
              text_mask (B, L)                                  -> ta_probs (B, M, K) | ta_score (B, M)
 
-  Member ``m``'s slice is exactly what member ``m``'s own single-model bundle outputs; ``graphs`` records M
-  as a fixed size. A clip's ensemble MI / TA is the expected score of the mean of the members' distributions
+  Member ``m``'s slice is what member ``m``'s own single-model bundle outputs (within 1e-5 in fp32 and int8;
+  fp16 rounds a little differently); ``graphs`` records M as a fixed size. A clip's ensemble MI / TA is the expected score of the mean of the members' distributions
   (scalar heads: the mean score) and its spread the members' scores' standard deviation
   (:mod:`deramos_rt.ensemble`).
 * ``model.members``: one entry per member, in graph order::

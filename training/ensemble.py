@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from deramos_rt.errors import DeramosError
-from training.split import AUDIO_INPUTS, BATCH, TEXT_INPUTS, audio_outputs, head_output_name, ta_output
+from training.split import (AUDIO_INPUTS, BATCH, BATCH_TOKENS, TEXT_INPUTS, audio_outputs, head_output_name,
+                            ta_output)
 
 MEMBER_TOKENS = {0: "batch", 2: "tokens"}  # text_x (B, M, L, d): the prompt length is dim 2
 
@@ -161,8 +162,7 @@ class EnsembleTextPart(nn.Module):
         return ("text_x",)
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        return {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
-                "text_x": MEMBER_TOKENS}
+        return {**{name: BATCH_TOKENS for name in TEXT_INPUTS}, "text_x": MEMBER_TOKENS}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids, attention_mask)
@@ -181,7 +181,7 @@ class EnsembleTAPart(nn.Module):
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         (ta_name,) = self.output_names()
-        return {"audio_x": BATCH, "text_x": MEMBER_TOKENS, "text_mask": {0: "batch", 1: "tokens"}, ta_name: BATCH}
+        return {"audio_x": BATCH, "text_x": MEMBER_TOKENS, "text_mask": BATCH_TOKENS, ta_name: BATCH}
 
     def forward(self, audio_x: torch.Tensor, text_x: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         return torch.stack([ta_output(heads, audio_x[:, i], text_x[:, i], text_mask)
