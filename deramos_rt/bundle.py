@@ -9,7 +9,7 @@
     BUNDLE/aoti/...                optional AOTInductor packages
     BUNDLE/parity.json             the export's parity report
 
-Manifest fields (``format_version`` 1)::
+Manifest fields (``format_version`` 1; 2 for ensembles, see below)::
 
     format, format_version, created
     model:     head ("distribution" | "scalar"), bins (list | null), backbones, config (the run's ModelConfig)
@@ -34,6 +34,35 @@ identity covers exactly what is loaded; the external data an ONNX graph names mu
 listed file may be a link leading anywhere (shared caches use them) because its target is hash-checked;
 errors about such a target say nothing about it but that it does not match. :meth:`Bundle.path` and
 :meth:`Bundle.graph_path` are the only ways to a bundle's files, and they refuse unlisted ones.
+
+Ensemble bundles (``python -m export.build_engine --run R1 --run R2 ...``) have the same files and sections;
+what differs is fixed here:
+
+* Still three graphs per precision, so the backend interface is unchanged. Each holds the members' shared
+  encoder once plus all M members' heads, and every output gains a member axis at dim 1 (inputs unchanged)::
+
+      audio: waveform (B, N)                                   -> mi_probs (B, M, K) | mi_score (B, M),
+                                                                  audio_x (B, M, T, d)
+      text:  input_ids, attention_mask (B, L)                  -> text_x (B, M, L, d)
+      ta:    audio_x (B, M, T, d), text_x (B, M, L, d),
+             text_mask (B, L)                                  -> ta_probs (B, M, K) | ta_score (B, M)
+
+  Member ``m``'s slice is what member ``m``'s own single-model bundle outputs (within 1e-5 in fp32 and int8;
+  fp16 rounds a little differently); ``graphs`` records M as a fixed size. A clip's ensemble MI / TA is the expected score of the mean of the members' distributions
+  (scalar heads: the mean score) and its spread the members' scores' standard deviation
+  (:mod:`deramos_rt.ensemble`).
+* ``model.members``: one entry per member, in graph order::
+
+      {name, run, config_sha256, heads_sha256, config (that member's ModelConfig), provenance (file | null)}
+
+  ``model.config`` is the first member's; backbones, head kind, bins, TA width and tokenizer are every
+  member's (the build refuses members that differ in them or in their encoder weights or audio protocol).
+* ``source``: ``{runs: [member run paths], config_sha256: null, provenance: null}``; each member's
+  ``provenance.json`` (imported research checkpoints) is kept as ``provenance/<name>.json``.
+* ``parity.json``: every variant is gated on the ensemble's scores and on every member's against that
+  member's own torch model (``members`` in each variant's report).
+
+A single-model bundle has no member axis and no ``members`` key (:attr:`Bundle.members` is None).
 """
 
 from __future__ import annotations
@@ -56,6 +85,10 @@ from deramos_rt.errors import DeramosError
 
 FORMAT = "deramos-bundle"
 FORMAT_VERSION = 1
+# Ensemble bundles (a member axis on every graph output) are format 2, so that a deramos_rt that reads only
+# format 1 refuses them instead of misreading the member axis; this version reads both.
+ENSEMBLE_FORMAT_VERSION = 2
+READABLE_VERSIONS = (FORMAT_VERSION, ENSEMBLE_FORMAT_VERSION)
 MANIFEST = "deramos.json"
 GRAPHS = ("audio", "text", "ta")
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -111,7 +144,8 @@ def file_table(root: str | Path) -> dict[str, dict[str, Any]]:
 def write_manifest(root: str | Path, manifest: dict[str, Any]) -> Path:
     """Fill in format, version and the file table, then write ``root/deramos.json``."""
     root = Path(root)
-    data = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": file_table(root)}
+    version = ENSEMBLE_FORMAT_VERSION if (manifest.get("model") or {}).get("members") else FORMAT_VERSION
+    data = {"format": FORMAT, "format_version": version, **manifest, "files": file_table(root)}
     path = root / MANIFEST
     path.write_text(json.dumps(data, indent=1) + "\n")
     return path
@@ -172,6 +206,12 @@ class Bundle:
     @property
     def variants(self) -> dict[str, dict[str, Any]]:
         return self.manifest.get("variants", {})
+
+    @property
+    def members(self) -> list[dict[str, Any]] | None:
+        """The ensemble's member entries (``model.members``, in graph order); None for a single model."""
+        members = self.manifest["model"].get("members")
+        return list(members) if members else None
 
     @property
     def max_tokens(self) -> int:
@@ -325,14 +365,19 @@ def _depth_within(raw: bytes, limit: int) -> bool:
 
 def _check_format(manifest: dict[str, Any], path: Path) -> None:
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise DeramosError(f"{path} has bundle format version {_show(version)}; this deramos_rt reads version "
-                           f"{FORMAT_VERSION} only: rebuild the bundle with this version's export.build_engine")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise DeramosError(f"{path} has bundle format version {_show(version)}; this deramos_rt reads versions "
+                           f"{', '.join(map(str, READABLE_VERSIONS))} only: rebuild the bundle with this version's "
+                           "export.build_engine")
     for key in ("model", "audio", "text", "graphs", "variants", "files"):
         if key not in manifest:
             raise DeramosError(f"{path} lacks the {key!r} section")
         if not isinstance(manifest[key], dict):
             raise DeramosError(f"{path}: the {key!r} section is not a JSON object")
+    ensemble = bool(manifest["model"].get("members"))
+    if ensemble != (version == ENSEMBLE_FORMAT_VERSION):
+        raise DeramosError(f"{path}: format version {version} " + ("must list model.members (an ensemble)" if not ensemble
+                           else f"cannot hold an ensemble (model.members): ensembles are format {ENSEMBLE_FORMAT_VERSION}"))
 
 
 # --------------------------------------------------------------------------------------- paths in it

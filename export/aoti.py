@@ -42,24 +42,25 @@ def default_device() -> str:
 def _export_plans(model, device: str, max_batch: int | None, max_tokens: int) -> dict[str, tuple]:
     """``{graph: (module, example args, dynamic shapes)}`` for the three parts on ``device``.
 
-    ``model`` stays on the CPU: the examples are computed there, and a copy goes to ``device``.
+    ``model`` (a DeraMos or an ensemble) stays on the CPU: the examples are computed there, and a copy goes
+    to ``device``. Each input's symbolic axes are the ones its part declares (``dynamic_axes()``).
     """
     import torch
 
     from export.graphs import part_examples
-    from training.split import split_model
+    from training.split import AUDIO_INPUTS, TA_INPUTS, TEXT_INPUTS, split_model
 
     examples = part_examples(*split_model(model)[:2])  # batch 2, 7 tokens: neither size is specialised
     examples = {g: tuple(t.to(device) for t in args) for g, args in examples.items()}
-    audio, text, ta = split_model(model if device == "cpu" else copy.deepcopy(model).to(device))
+    parts = split_model(model if device == "cpu" else copy.deepcopy(model).to(device))
     batch = torch.export.Dim("batch", min=1, max=max_batch) if max_batch else torch.export.Dim("batch", min=1)
-    tokens = torch.export.Dim("tokens", min=1, max=max_tokens)
-    bt = {0: batch, 1: tokens}
-    return {
-        "audio": (audio, examples["audio"], {"waveform": {0: batch}}),
-        "text": (text, examples["text"], {"input_ids": bt, "attention_mask": bt}),
-        "ta": (ta, examples["ta"], {"audio_x": {0: batch}, "text_x": bt, "text_mask": bt}),
-    }
+    dims = {"batch": batch, "tokens": torch.export.Dim("tokens", min=1, max=max_tokens)}
+    plans = {}
+    for graph, part, inputs in zip(GRAPHS, parts, (AUDIO_INPUTS, TEXT_INPUTS, TA_INPUTS)):
+        axes = part.dynamic_axes()
+        shapes = {name: {dim: dims[axis] for dim, axis in axes[name].items()} for name in inputs}
+        plans[graph] = (part, examples[graph], shapes)
+    return plans
 
 
 def build_packages(model, out_dir: str | Path, device: str, max_tokens: int,

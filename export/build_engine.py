@@ -1,7 +1,11 @@
 """Turn a run directory into a bundle the runtime scores with, without torch.
 
-``python -m export.build_engine --run RUN_DIR --out BUNDLE_DIR [--precision fp32,int8,fp16]
+``python -m export.build_engine --run RUN_DIR [--run RUN_DIR ...] --out BUNDLE_DIR [--precision fp32,int8,fp16]
 [--tensorrt auto|require|off] [--opt-batch 16 --max-batch 64] [--aoti [--aoti-device cpu|cuda]]``
+
+Several ``--run`` (or one folder of run directories) make an ensemble bundle: the members must share their
+frozen encoders exactly (``training/ensemble.py``), otherwise the build stops with exit 2 and one line
+naming what differs, before anything is written; the format is fixed in ``deramos_rt/bundle.py``.
 
 Steps: rebuild the model from the run; export the three graphs of ``training/split.py`` (fp32, simplified
 with onnxslim where that keeps the outputs); derive int8 (CPU) and fp16 (GPU) variants; save the
@@ -74,12 +78,13 @@ def parse_precisions(text: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def build_bundle(run_dir: str | Path, out_dir: str | Path, precisions: Sequence[str] = ("fp32",),
-                 **options: Any) -> Path:
+def build_bundle(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path,
+                 precisions: Sequence[str] = ("fp32",), **options: Any) -> Path:
     """Build a bundle from a run directory (the function tests and setup call).
 
     Args:
-        run_dir: a training run directory (``config.json`` + ``model.safetensors``).
+        run_dir: a training run directory (``config.json`` + ``model.safetensors``); a folder of run
+            directories or a list of run directories builds an ensemble bundle (one member: a single-model one).
         out_dir: the bundle folder to create (replaced when it already holds a bundle).
         precisions: variants to keep, e.g. ("fp32", "int8").
         **options: further :class:`BuildOptions` fields.
@@ -92,12 +97,12 @@ def build_bundle(run_dir: str | Path, out_dir: str | Path, precisions: Sequence[
     """
     opts = BuildOptions(precisions=parse_precisions(precisions), **options)
     _check_options(opts)
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    runs, out_dir = resolve_runs(run_dir), Path(out_dir)
     _check_out(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     try:
-        _build_into(run_dir, work, opts)
+        _build_into(runs, work, opts)
         _publish_modes(work)
         _replace(work, out_dir)
     finally:
@@ -150,6 +155,21 @@ def _replace(work: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def resolve_runs(run_dir: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The member run directories: one run as given, or every run of a folder of runs / of a list.
+
+    A single path that is not a folder of runs is returned as is, for :func:`load_model`'s messages.
+    """
+    from training.ensemble import member_runs
+
+    paths = [Path(run_dir)] if isinstance(run_dir, (str, Path)) else [Path(p) for p in run_dir]
+    if not paths:
+        raise DeramosError("no --run given")
+    single = len(paths) == 1 and (not paths[0].is_dir() or (paths[0] / "config.json").is_file()
+                                  or not any((p / "config.json").is_file() for p in paths[0].iterdir()))
+    return paths if single else member_runs(paths)
+
+
 def load_model(run_dir: Path):
     """Rebuild the run's model (eval, CPU) and its tokenizer; every failure is one DeramosError."""
     from training.checkpoint import CONFIG_FILE, load_run
@@ -166,19 +186,39 @@ def load_model(run_dir: Path):
     return model, run_config, build_tokenizer(model)
 
 
-def _build_into(run_dir: Path, work: Path, opts: BuildOptions) -> None:
-    with step("load run") as info:
-        model, run_config, tokenizer = load_model(run_dir)
-        info["run"] = run_dir
+def _load(runs: list[Path]):
+    """(model, tokenizer): one run's DeraMos, or the members' :class:`training.ensemble.Ensemble`."""
+    if len(runs) == 1:
+        model, _, tokenizer = load_model(runs[0])
+        return model, tokenizer
+    from training.ensemble import load_ensemble
+
+    return load_ensemble(runs, load_model)
+
+
+def _copy_provenance(model, runs: list[Path], work: Path) -> None:
+    """A run's provenance.json goes with its bundle; an ensemble keeps each member's as provenance/<name>.json."""
+    if len(runs) == 1:
+        if (runs[0] / "provenance.json").is_file():
+            shutil.copy2(runs[0] / "provenance.json", work / "provenance.json")
+        return
+    for name, run in zip(model.names, runs):
+        if (run / "provenance.json").is_file():
+            (work / "provenance").mkdir(exist_ok=True)
+            shutil.copy2(run / "provenance.json", work / "provenance" / f"{name}.json")
+
+
+def _build_into(runs: list[Path], work: Path, opts: BuildOptions) -> None:
+    with step("load run" if len(runs) == 1 else f"load {len(runs)} member runs") as info:
+        model, tokenizer = _load(runs)
+        info["run"] = ",".join(str(r) for r in runs)
     with step("export fp32 graphs") as info:
         variants = {"fp32": _export_fp32(model, work, opts)}
         info["MB"] = _mb(work)
     variants.update(_derive_variants(work, opts))
     tokenizer.save(work / "tokenizer.json")
-    provenance = run_dir / "provenance.json"
-    if provenance.is_file():
-        shutil.copy2(provenance, work / "provenance.json")
-    manifest = _manifest(model, run_config, run_dir, work, tokenizer, variants, opts)
+    _copy_provenance(model, runs, work)
+    manifest = _manifest(model, runs, work, tokenizer, variants, opts)
     aoti_failure = None
     if opts.aoti:
         with step("aoti packages") as info:
@@ -257,27 +297,18 @@ def _derive_variants(work: Path, opts: BuildOptions) -> dict[str, dict[str, Any]
     return variants
 
 
-def _manifest(model, run_config, run_dir: Path, work: Path, tokenizer, variants, opts: BuildOptions) -> dict:
+def _manifest(model, runs: list[Path], work: Path, tokenizer, variants, opts: BuildOptions) -> dict:
     from export import graphs
 
-    config = model.config
     protocol = model.audio_protocol
     for entry in variants.values():
         entry["opset"] = entry["opset"] or graphs.OPSET
         entry["files_all"] = sorted({p.name for g in GRAPHS for p in graphs.graph_files(work / entry["files"][g])})
-    bins = None
-    if config.head == "distribution":
-        import numpy as np
-
-        bins = [float(b) for b in np.linspace(config.bin_min, config.bin_max, config.num_bins)]
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"head": config.head, "bins": bins,
-                  "backbones": {k: {"name": getattr(config, k).name, "options": getattr(config, k).options}
-                                for k in ("audio", "text")},
-                  "config": dataclasses.asdict(config)},
+        "model": _model_section(model, runs, work),
         "audio": {"sample_rate": protocol.sample_rate, "clip_seconds": protocol.clip_seconds,
-                  "resampler": getattr(config, "resampler", "soxr"), "num_samples": protocol.num_samples},
+                  "resampler": protocol.resampler, "num_samples": protocol.num_samples},
         "text": {"tokenizer": "tokenizer.json", "max_tokens": tokenizer.max_tokens,
                  "vocab_size": tokenizer.vocab_size, "pad_id": tokenizer.pad_id},
         "graphs": {g: graphs.graph_spec(work / variants["fp32"]["files"][g]) for g in GRAPHS},
@@ -287,8 +318,32 @@ def _manifest(model, run_config, run_dir: Path, work: Path, tokenizer, variants,
         "tensorrt": [],
         "aoti": None,
         "versions": _versions(),
-        "source": _source(run_dir, work),
+        "source": _source(runs, work),
     }
+
+
+def _model_section(model, runs: list[Path], work: Path) -> dict[str, Any]:
+    """The manifest's ``model`` section; an ensemble adds ``members`` (deramos_rt/bundle.py)."""
+    config = model.config
+    bins = None
+    if config.head == "distribution":
+        import numpy as np
+
+        bins = [float(b) for b in np.linspace(config.bin_min, config.bin_max, config.num_bins)]
+    section = {"head": config.head, "bins": bins,
+               "backbones": {k: {"name": getattr(config, k).name, "options": getattr(config, k).options}
+                             for k in ("audio", "text")},
+               "config": dataclasses.asdict(config)}
+    if len(runs) > 1:
+        from training.ensemble import member_entry
+
+        section["members"] = []
+        for i, run in enumerate(runs):
+            entry = member_entry(model, i, run)
+            provenance = Path("provenance") / f"{entry['name']}.json"
+            entry["provenance"] = provenance.as_posix() if (work / provenance).is_file() else None
+            section["members"].append(entry)
+    return section
 
 
 def _versions() -> dict[str, str]:
@@ -304,7 +359,10 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _source(run_dir: Path, work: Path) -> dict[str, Any]:
+def _source(runs: list[Path], work: Path) -> dict[str, Any]:
+    if len(runs) > 1:  # each member's run, config hash and provenance are in model.members
+        return {"runs": [str(r.resolve()) for r in runs], "config_sha256": None, "provenance": None}
+    run_dir = runs[0]
     config = run_dir / "config.json"
     return {"run": str(run_dir.resolve()),
             "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
@@ -387,7 +445,8 @@ def _mb(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.build_engine", description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, type=Path, help="training run directory")
+    parser.add_argument("--run", required=True, type=Path, action="append",
+                        help="training run directory; repeat it, or name a folder of runs, for an ensemble")
     parser.add_argument("--out", required=True, type=Path, help="bundle folder to write")
     parser.add_argument("--precision", default="fp32,int8", help="comma list of fp32, int8, fp16 (default fp32,int8)")
     parser.add_argument("--tensorrt", default="auto", help="auto | require | off (default auto)")
@@ -410,10 +469,10 @@ def main(argv: list[str] | None = None) -> int:
                            aoti_device=args.aoti_device,
                            slim=not args.no_slim, parity_files=args.parity_files, parity_random=args.parity_random)
         bundle = load_bundle(out)
-        aoti = bundle.manifest.get("aoti")
-        log.info("bundle %s: variants %s%s, %s MB, built in %.1f s (manifest sha256 %s)", out,
-                 ",".join(bundle.variants), f", aoti {aoti['device']}" if aoti else "", _mb(out),
-                 time.perf_counter() - start, bundle.sha256[:16])
+        aoti, members = bundle.manifest.get("aoti"), bundle.members
+        log.info("bundle %s: %svariants %s%s, %s MB, built in %.1f s (manifest sha256 %s)", out,
+                 f"ensemble of {len(members)} members, " if members else "", ",".join(bundle.variants),
+                 f", aoti {aoti['device']}" if aoti else "", _mb(out), time.perf_counter() - start, bundle.sha256[:16])
         return 0
 
     return run_cli("export.build_engine", body)

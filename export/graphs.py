@@ -7,7 +7,8 @@ it handles transformers' eager BERT/RoBERTa attention and its masks, and it expo
 encoder in seconds, where the dynamo exporter's decomposition is far slower and emits opset 18.
 
 Axis names are part of the bundle contract: ``batch`` on every input and output, ``tokens`` on the text
-length. Graphs whose weights exceed protobuf's 2 GB limit are saved with ONNX external data (one
+length (each part declares them: ``dynamic_axes()``); an ensemble's graphs add a fixed member axis at dim 1
+of every output (``training/ensemble.py``). Graphs whose weights exceed protobuf's 2 GB limit are saved with ONNX external data (one
 ``<file>.data`` beside the graph); the bundle lists and hashes that file like any other.
 """
 
@@ -129,10 +130,11 @@ def part_examples(audio_part, text_part) -> dict[str, tuple[torch.Tensor, ...]]:
 
 
 def export_parts(model, out_dir: str | Path, opset: int = OPSET, suffix: str = "fp32") -> dict[str, Path]:
-    """Export a DeRA-MOS model's three parts to ``out_dir/{audio,text,ta}.<suffix>.onnx``.
+    """Export a DeRA-MOS model's (or an ensemble's) three parts to ``out_dir/{audio,text,ta}.<suffix>.onnx``.
 
     Args:
-        model: a :class:`training.model.DeraMos` with both encoders.
+        model: a :class:`training.model.DeraMos` with both encoders, or a :class:`training.ensemble.Ensemble`
+            (its graphs hold the encoders once and a member axis on every output).
         out_dir: folder for the graphs.
         opset: ONNX opset.
         suffix: the variant name in the file names.
@@ -142,21 +144,14 @@ def export_parts(model, out_dir: str | Path, opset: int = OPSET, suffix: str = "
     """
     from training.split import AUDIO_INPUTS, TA_INPUTS, TEXT_INPUTS, split_model
 
-    audio, text, ta = split_model(model)
-    examples = part_examples(audio, text)
+    parts = dict(zip(("audio", "text", "ta"), split_model(model)))
+    examples = part_examples(parts["audio"], parts["text"])
+    inputs = {"audio": AUDIO_INPUTS, "text": TEXT_INPUTS, "ta": TA_INPUTS}
     out_dir = Path(out_dir)
-    mi_name, _ = audio.output_names()
-    (ta_name,) = ta.output_names()
-    b, bt = {0: "batch"}, {0: "batch", 1: "tokens"}
-    plans = {
-        "audio": (audio, AUDIO_INPUTS, audio.output_names(), {"waveform": b, mi_name: b, "audio_x": b}),
-        "text": (text, TEXT_INPUTS, text.output_names(), {"input_ids": bt, "attention_mask": bt, "text_x": bt}),
-        "ta": (ta, TA_INPUTS, ta.output_names(), {"audio_x": b, "text_x": bt, "text_mask": bt, ta_name: b}),
-    }
     paths = {}
-    for graph, (module, inputs, outputs, axes) in plans.items():
-        paths[graph] = _export(module, examples[graph], out_dir / f"{graph}.{suffix}.onnx", list(inputs),
-                               list(outputs), axes, opset)
+    for graph, module in parts.items():
+        paths[graph] = _export(module, examples[graph], out_dir / f"{graph}.{suffix}.onnx", list(inputs[graph]),
+                               list(module.output_names()), module.dynamic_axes(), opset)
     model.eval()
     return paths
 

@@ -5,6 +5,10 @@ Variants run through the runtime's own backend (:class:`deramos_rt.backends.onnx
 on the bundle as written, with the bundle's tokenizer file and audio protocol, so the gate checks what a
 user will run. fp16 is checked on a CUDA provider when there is one; otherwise on ONNX Runtime's CPU
 provider if it can run the fp16 graphs at all, else it is reported as not verified.
+
+For an ensemble bundle every variant is checked member by member (each against that member's own torch
+model) and as the ensemble (the expected score of the mean distribution); it passes only if all do, and
+its report lists each member's figures under ``members``.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ def run_gate(model, tokenizer, bundle_dir: str | Path, asked: Sequence[str], fil
     Returns:
         The parity report: inputs, limits, CPU features, torch timing and ``variants`` with, per precision,
         ``status`` ("passed", "failed: ...", or not verified), ``kept``, max |delta MOS| and SRCC for MI and
-        TA, and timing.
+        TA (the ensemble's, for an ensemble, with each member's under ``members``), and timing.
     """
     from export.quantize import cpu_features
 
@@ -84,24 +88,32 @@ def check_aoti(bundle, inputs, reference) -> dict[str, Any]:
     try:
         backend = AotiBackend(bundle, trust_bundle=True)  # the packages this build just compiled
         start = time.perf_counter()
-        got = verify.backend_scores(backend, inputs, bundle.tokenizer(), bundle.bins)
+        got = _backend_scores(backend, bundle, inputs)
         seconds = time.perf_counter() - start
         backend.close()
     except Exception as exc:  # compiled code raises RuntimeError variants; DeramosError for mismatches
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return {"status": f"failed: {type(exc).__name__}: {first}", "kept": False, "device": device}
-    result = verify.compare_scores(reference, got)
-    reason = verify.gate("fp32", result)
-    return {
-        "status": "passed" if reason is None else f"failed: {reason}",
-        "kept": reason is None,
-        "device": device,
-        "mi_max_abs": result["mi"]["max_abs"], "ta_max_abs": result["ta"]["max_abs"],
-        "mi_srcc": result["mi"]["srcc"], "ta_srcc": result["ta"]["srcc"],
-        "detail": result,
-        "seconds": round(seconds, 3),
-        "clips_per_s": round(len(inputs.waveforms) / seconds, 2),
-    }
+    return {**_verdict("fp32", reference, got, bundle), "device": device, "seconds": round(seconds, 3),
+            "clips_per_s": round(len(inputs.waveforms) / seconds, 2)}
+
+
+def _backend_scores(backend, bundle, inputs) -> dict:
+    return verify.backend_scores(backend, inputs, bundle.tokenizer(), bundle.bins, ensemble=bundle.members is not None)
+
+
+def _verdict(precision: str, reference: dict, got: dict, bundle) -> dict[str, Any]:
+    """Status, kept, the headline figures and the full comparison (members included for an ensemble)."""
+    names = [m["name"] for m in bundle.members] if bundle.members else None
+    result = verify.compare_scores(reference, got, names)
+    reason = verify.gate(precision, result)
+    verdict = {"status": "passed" if reason is None else f"failed: {reason}", "kept": reason is None,
+               "mi_max_abs": result["mi"]["max_abs"], "ta_max_abs": result["ta"]["max_abs"],
+               "mi_srcc": result["mi"]["srcc"], "ta_srcc": result["ta"]["srcc"], "detail": result}
+    if "members" in result:
+        verdict["members"] = {m["name"]: {f"{k}_{f}": m[k][f] for k in ("mi", "ta") for f in ("max_abs", "srcc")}
+                              for m in result["members"]}
+    return verdict
 
 
 def check_variant(bundle, precision: str, inputs, reference, asked: bool) -> dict[str, Any]:
@@ -116,7 +128,7 @@ def check_variant(bundle, precision: str, inputs, reference, asked: bool) -> dic
     try:
         backend = OnnxRuntimeBackend(bundle, device, precision, allow_fp16_cpu=precision == "fp16")
         start = time.perf_counter()
-        got = verify.backend_scores(backend, inputs, bundle.tokenizer(), bundle.bins)
+        got = _backend_scores(backend, bundle, inputs)
         seconds = time.perf_counter() - start
         backend.close()
     except DeramosError as exc:
@@ -129,18 +141,8 @@ def check_variant(bundle, precision: str, inputs, reference, asked: bool) -> dic
             raise
         log.warning("fp16 graphs fail on this ONNX Runtime CPU provider: %s", str(exc).splitlines()[0])
         return {"status": NOT_VERIFIED, "kept": asked, "device": None}
-    result = verify.compare_scores(reference, got)
-    reason = verify.gate(precision, result)
-    return {
-        "status": "passed" if reason is None else f"failed: {reason}",
-        "kept": reason is None,
-        "device": device if device == "cpu" else backend.info.device,
-        "mi_max_abs": result["mi"]["max_abs"], "ta_max_abs": result["ta"]["max_abs"],
-        "mi_srcc": result["mi"]["srcc"], "ta_srcc": result["ta"]["srcc"],
-        "detail": result,
-        "seconds": round(seconds, 3),
-        "clips_per_s": round(len(inputs.waveforms) / seconds, 2),
-    }
+    return {**_verdict(precision, reference, got, bundle), "device": device if device == "cpu" else backend.info.device,
+            "seconds": round(seconds, 3), "clips_per_s": round(len(inputs.waveforms) / seconds, 2)}
 
 
 def _speedups(variants: dict[str, dict[str, Any]]) -> None:

@@ -103,3 +103,33 @@ def write_full_size_run(run_dir: str | Path, tokenizer_dir: str | Path, seed: in
 
     text = BackboneConfig("roberta", {}, None, str(Path(tokenizer_dir).resolve()))
     return write_random_run(run_dir, recipe="dera-mos-code", seed=seed, text=text)
+
+
+def write_member_runs(folder: str | Path, count: int = 2, seed: int = 0, recipe: str = "tiny",
+                      **model_fields: Any) -> list[Path]:
+    """``count`` run directories ``folder/member-<i>`` that share one set of random encoders, each with its
+    own seeded random heads: the members of an ensemble, for tests.
+
+    Args:
+        folder: parent folder to create.
+        count: how many members.
+        seed: seed of the shared encoders (member i's heads use ``seed + i``).
+        recipe, **model_fields: as for :func:`write_random_run`.
+    """
+    import torch
+
+    from training.checkpoint import load_run, save_run_model
+    from training.model import DeraMosHeads
+
+    folder = Path(folder)
+    runs = [write_random_run(folder / "member-1", recipe=recipe, seed=seed, **model_fields)]
+    for i in range(1, count):
+        model, run_config = load_run(runs[0])
+        torch.manual_seed(seed + i)
+        model.heads = DeraMosHeads(model.config)
+        run = folder / f"member-{i + 1}"
+        run.mkdir(parents=True, exist_ok=True)
+        save_run_model(model, run)
+        run_config.to_json(run / "config.json")
+        runs.append(run)
+    return runs

@@ -4,7 +4,9 @@
 (:func:`parity_inputs`, :func:`torch_scores`, :func:`backend_scores`, :func:`compare_scores`) runs the
 whole path a user runs: generated audio files -> ``deramos_rt.audio.load_clip`` with the bundle's protocol
 -> a backend -> expected scores (``probs @ bins``), against the torch model in fp32, over several batch
-sizes (1 and larger, with padded prompts) so that no batch size is baked into a graph unnoticed.
+sizes (1 and larger, with padded prompts) so that no batch size is baked into a graph unnoticed. For an
+ensemble (``training.ensemble``) each member is scored by its own torch model and compared member by member,
+and the ensemble's scores (the expected score of the mean distribution, ``deramos_rt.ensemble``) as well.
 """
 
 from __future__ import annotations
@@ -131,17 +133,44 @@ def parity_inputs(protocol, folder: str | Path, files: int = 8, random_clips: in
                         texts, pairs)
 
 
-def _expected(out: np.ndarray, bins: np.ndarray | None) -> np.ndarray:
-    out = np.asarray(out, dtype=np.float64)
-    return out @ bins if bins is not None else out.reshape(-1)
+def scores_from_outputs(mi: np.ndarray, ta: np.ndarray, bins: np.ndarray | None,
+                        ensemble: bool) -> dict[str, np.ndarray]:
+    """Expected scores from raw head outputs: ``{"mi", "ta"}`` (one per item), and for an ensemble the
+    ensemble's scores (expected score of the mean distribution) plus ``members`` ``{"mi", "ta"}`` (items, M)."""
+    from deramos_rt.ensemble import add_member_axis, combine
+
+    if not ensemble:
+        mi, ta = add_member_axis(mi, bins), add_member_axis(ta, bins)
+    mi_c, ta_c = combine(mi, bins), combine(ta, bins)
+    out = {"mi": mi_c.score, "ta": ta_c.score}
+    if ensemble:
+        out["members"] = {"mi": mi_c.members, "ta": ta_c.members}
+    return out
+
+
+def _is_ensemble(model) -> bool:
+    return hasattr(model, "parts")
 
 
 def torch_scores(model, inputs: ParityInputs, tokenizer, chunk: int = 8) -> dict[str, np.ndarray]:
-    """MI per waveform and TA per pair from the torch model (fp32, its own batching)."""
+    """MI per waveform and TA per pair from the torch model (fp32, its own batching).
+
+    For an ensemble every member is scored by its own model (``training.split`` parts of that member, not
+    the ensemble's parts), so the gate checks the ensemble graphs against each member independently.
+    """
+    bins = _bins(model)
+    if not _is_ensemble(model):
+        return scores_from_outputs(*_torch_outputs(model, inputs, tokenizer, chunk), bins, ensemble=False)
+    outputs = [_torch_outputs(model.member(i), inputs, tokenizer, chunk) for i in range(len(model))]
+    mi, ta = (np.stack([o[k] for o in outputs], axis=1) for k in (0, 1))
+    return scores_from_outputs(mi, ta, bins, ensemble=True)
+
+
+def _torch_outputs(model, inputs: ParityInputs, tokenizer, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw MI (per waveform) and TA (per pair) head outputs of one model."""
     from training.split import split_model
 
     audio, text, ta = split_model(model)
-    bins = _bins(model)
     mi, audio_x = [], []
     with torch.no_grad():
         for start in range(0, len(inputs.waveforms), chunk):
@@ -155,7 +184,7 @@ def torch_scores(model, inputs: ParityInputs, tokenizer, chunk: int = 8) -> dict
         ta_out = [ta(torch.from_numpy(audio_x[a[s:s + chunk]]), torch.from_numpy(text_x[p[s:s + chunk]]),
                      torch.from_numpy(tokens.attention_mask[p[s:s + chunk]])).numpy()
                   for s in range(0, len(a), chunk)]
-    return {"mi": _expected(np.concatenate(mi), bins), "ta": _expected(np.concatenate(ta_out), bins)}
+    return np.concatenate(mi), np.concatenate(ta_out)
 
 
 def _bins(model) -> np.ndarray | None:
@@ -174,8 +203,13 @@ def _chunks(total: int, pattern=BATCH_PATTERN):
         i += 1
 
 
-def backend_scores(backend, inputs: ParityInputs, tokenizer, bins: np.ndarray | None) -> dict[str, np.ndarray]:
-    """MI and TA from a backend, fed the way a scorer feeds it: varied batch sizes, prompts padded per batch."""
+def backend_scores(backend, inputs: ParityInputs, tokenizer, bins: np.ndarray | None,
+                   ensemble: bool = False) -> dict[str, np.ndarray]:
+    """MI and TA from a backend, fed the way a scorer feeds it: varied batch sizes, prompts padded per batch.
+
+    ``ensemble``: the backend runs an ensemble bundle (a member axis at dim 1 of every output; ``text_x``
+    is (B, M, L, d)); the result then has the members' scores too (see :func:`scores_from_outputs`).
+    """
     mi, audio_x = [], []
     for s in _chunks(len(inputs.waveforms)):
         m, x = backend.run_audio(inputs.waveforms[s])
@@ -187,19 +221,24 @@ def backend_scores(backend, inputs: ParityInputs, tokenizer, bins: np.ndarray | 
         tokens = tokenizer(inputs.prompts[s])
         out = backend.run_text(tokens.input_ids, tokens.attention_mask)
         for row, index in enumerate(range(s.start, s.stop)):
-            text_x[index] = out[row, : int(tokens.attention_mask[row].sum())]
+            text_x[index] = out[row, ..., : int(tokens.attention_mask[row].sum()), :]  # tokens: second to last
     ta = []
     for s in _chunks(len(inputs.pairs)):
         rows = inputs.pairs[s]
-        length = max(text_x[p].shape[0] for p in rows[:, 1])
-        width = text_x[rows[0, 1]].shape[1]
-        batch_text = np.zeros((len(rows), length, width), np.float32)
-        mask = np.zeros((len(rows), length), np.int64)
-        for r, p in enumerate(rows[:, 1]):
-            batch_text[r, : text_x[p].shape[0]] = text_x[p]
-            mask[r, : text_x[p].shape[0]] = 1
+        batch_text, mask = _pad_text([text_x[p] for p in rows[:, 1]])
         ta.append(backend.run_ta(audio_x[rows[:, 0]], batch_text, mask))
-    return {"mi": _expected(np.concatenate(mi), bins), "ta": _expected(np.concatenate(ta), bins)}
+    return scores_from_outputs(np.concatenate(mi), np.concatenate(ta), bins, ensemble)
+
+
+def _pad_text(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad ``(..., L_i, d)`` text features on their token axis (second to last), with a (B, L) mask."""
+    length = max(x.shape[-2] for x in seqs)
+    batch = np.zeros((len(seqs), *seqs[0].shape[:-2], length, seqs[0].shape[-1]), np.float32)
+    mask = np.zeros((len(seqs), length), np.int64)
+    for r, x in enumerate(seqs):
+        batch[r, ..., : x.shape[-2], :] = x
+        mask[r, : x.shape[-2]] = 1
+    return batch, mask
 
 
 def srcc(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -211,18 +250,42 @@ def srcc(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(spearmanr(a, b).statistic)
 
 
-def compare_scores(reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict:
-    """``{mi|ta: {max_abs, mean_abs, srcc, n}}`` of a variant's scores against the torch reference."""
-    out = {}
-    for key in ("mi", "ta"):
-        delta = np.abs(got[key] - reference[key])
-        out[key] = {"max_abs": float(delta.max()), "mean_abs": float(delta.mean()),
-                    "srcc": srcc(reference[key], got[key]), "n": int(delta.size)}
+def compare_scores(reference: dict, got: dict, names: list[str] | None = None) -> dict:
+    """``{mi|ta: {max_abs, mean_abs, srcc, n}}`` of a variant's scores against the torch reference.
+
+    For an ensemble (``members`` in both), ``members`` lists the same figures per member (with its name).
+    """
+    out = {key: _compare(reference[key], got[key]) for key in ("mi", "ta")}
+    if "members" in reference and "members" in got:
+        count = reference["members"]["mi"].shape[1]
+        names = names or [str(i) for i in range(count)]
+        out["members"] = [{"name": names[i], **{key: _compare(reference["members"][key][:, i], got["members"][key][:, i])
+                                                for key in ("mi", "ta")}} for i in range(count)]
     return out
 
 
+def _compare(reference: np.ndarray, got: np.ndarray) -> dict:
+    delta = np.abs(got - reference)
+    return {"max_abs": float(delta.max()), "mean_abs": float(delta.mean()), "srcc": srcc(reference, got),
+            "n": int(delta.size)}
+
+
 def gate(precision: str, report: dict) -> str | None:
-    """None when ``report`` (from :func:`compare_scores`) meets the precision's limits, else why not."""
+    """None when ``report`` (from :func:`compare_scores`) meets the precision's limits, else why not.
+
+    An ensemble passes only when the ensemble's scores and every member's scores do.
+    """
+    reason = _gate_one(precision, report)
+    if reason is not None:
+        return reason if "members" not in report else f"ensemble: {reason}"
+    for member in report.get("members", []):
+        reason = _gate_one(precision, member)
+        if reason is not None:
+            return f"member {member['name']}: {reason}"
+    return None
+
+
+def _gate_one(precision: str, report: dict) -> str | None:
     limit = LIMITS[precision]
     for key in ("mi", "ta"):
         entry = report[key]

@@ -38,10 +38,29 @@ def encoder_identity(kind: str, model, extra: dict) -> str:
     cfg = getattr(model.config, kind)
     encoder = model.audio_encoder if kind == "audio" else model.text_encoder
     h = hashlib.sha256(json.dumps({"cfg": dataclasses.asdict(cfg), **extra}, sort_keys=True).encode())
-    for name, tensor in sorted(encoder.state_dict().items()):
+    _hash_state(h, encoder.state_dict())
+    return h.hexdigest()[:20]
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """sha256 over a module's state dict (see :func:`state_sha256`)."""
+    return state_sha256(module.state_dict())
+
+
+def state_sha256(state) -> str:
+    """sha256 over a state dict's names and tensor bytes, sorted by name: equal iff the weights are.
+
+    Ensembles compare their members' frozen encoders with it, whatever file each member's weights came from.
+    """
+    h = hashlib.sha256()
+    _hash_state(h, state)
+    return h.hexdigest()
+
+
+def _hash_state(h, state) -> None:
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:20]
 
 
 def file_sha256(path: Path) -> str:

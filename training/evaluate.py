@@ -1,6 +1,7 @@
 """Score a split with a trained run and report AudioMOS-style metrics.
 
-``python -m training.evaluate --data DIR --run RUN_DIR --split test [--out FOLDER]`` prints utterance-
+``python -m training.evaluate --data DIR --run RUN_DIR --split test [--out FOLDER]`` (``--run`` a folder of
+member runs: their ensemble, ``training/ensemble.py``) prints utterance-
 and system-level MSE / LCC / SRCC / KTAU for MI and TA, and writes ``eval_<split>.json`` and the per-clip
 predictions ``predictions_<split>.csv`` into ``--out`` (default: a new folder ``eval-<run name>-<split>``
 under the current directory; never into the run or model folder), then prints where they are. Existing
@@ -81,7 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def evaluate(args: argparse.Namespace) -> int:
     from training.cache import Features
-    from training.checkpoint import load_run, write_json
+    from training.checkpoint import write_json
+    from training.ensemble import load_any
     from training.model import build_tokenizer
 
     run_dir = Path(args.run)
@@ -89,7 +91,7 @@ def evaluate(args: argparse.Namespace) -> int:
     files = (out_dir / f"eval_{args.split}.json", out_dir / f"predictions_{args.split}.csv")
     check_outputs(files, args.overwrite)
     with step("load run", log) as info:
-        model, run_config = load_run(run_dir, device=args.device)
+        model, run_config = load_any(run_dir, device=args.device)  # a folder of member runs: their ensemble
         info["backbones"] = f"{run_config.model.audio.name}+{run_config.model.text.name}"
     with step(f"read split {args.split}", log) as info:
         clips = Corpus.open(args.data).read_split(args.split)

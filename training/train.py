@@ -1,6 +1,6 @@
 """Train DeRA-MOS heads on frozen encoders (the paper's protocol by default).
 
-``python -m training.train --data DIR --out RUN_DIR [--recipe NAME] [overrides]``
+``python -m training.train --data DIR --out RUN_DIR [--recipe NAME] [--seeds 1984,1990,...] [overrides]``
 
 Protocol (the paper's and the authors' released code): AdamW lr 5e-5, weight decay 0.01, batch 24, at
 most 100 epochs, seed 1984. Early stopping follows the authors' ``train.py``: the patience counter (15)
@@ -15,6 +15,13 @@ states): rerunning the same command continues an interrupted run where it stoppe
 an uninterrupted one. A run directory is only ever continued with the same config and the same data;
 anything else is refused, naming the difference. A run that fails before its first epoch is saved
 removes what it wrote.
+
+``--seeds 1984,1990,1910,1510`` trains the members of an ensemble: one ordinary run per seed,
+``RUN_DIR/seed-1984/`` ..., one after another. The encoders are built once and the clips encoded once (into
+the feature cache) for all of them; each member's heads are initialised from its own seed, and each member
+is resumed or refused exactly as a single run would be (all are checked before any work). A run's heads
+are always initialised right after seeding, whatever building its encoders drew from the random
+generator, so member ``seed-S`` is the run ``--seed S`` gives on the same encoders.
 """
 
 from __future__ import annotations
@@ -58,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sama-map-cos", action="store_true", default=None, help="map the SAMA cosine to [0, 1]")
     p.add_argument("--epochs", type=int), p.add_argument("--batch-size", type=int), p.add_argument("--lr", type=float)
     p.add_argument("--patience", type=int), p.add_argument("--seed", type=int)
+    p.add_argument("--seeds", type=parse_seeds, metavar="S1,S2,...",
+                   help="train one member run per seed into --out/seed-<S>/ (an ensemble; encoders shared)")
     p.add_argument("--device", help="cpu, cuda, or auto")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=JSON",
                    help="override any config field, e.g. --set model.mi_ff=64 (repeatable)")
@@ -68,6 +77,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="permit real-size encoders without weights (benchmarks only)")
     p.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     return p.parse_args(argv)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"1984,1990"`` -> [1984, 1990]; at least one, no repeats."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds expects comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds needs one or more different seeds, got {text!r}")
+    return seeds
+
+
+def member_plan(args: argparse.Namespace, run_config: RunConfig) -> list[tuple[Path, RunConfig]]:
+    """``[(run directory, its config)]``: ``--out`` itself, or with ``--seeds`` one ``--out/seed-<S>`` per seed."""
+    out = Path(args.out)
+    if not args.seeds:
+        return [(out, run_config)]
+    if args.seed is not None:
+        raise DeramosError("give either --seed (one run) or --seeds (one member run per seed), not both")
+    if out.is_file() or any((out / name).exists() for name in RUN_FILES):
+        raise DeramosError(f"--out {out} holds a single run; --seeds writes members to {out}/seed-<S>/: "
+                           "choose another --out")
+    return [(out / f"seed-{seed}", dataclasses.replace(run_config, train=dataclasses.replace(run_config.train, seed=seed)))
+            for seed in args.seeds]
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
@@ -421,24 +455,42 @@ def train(args: argparse.Namespace) -> int:
     run_config = resolve_config(args)
     check_weights(run_config, args.allow_random_encoders)
     run_config.train.device = pick_device(run_config.train.device)
-    run_dir, data = Path(args.out), str(Path(args.data).resolve())
-    check_run_dir(run_dir, run_config, data, args.overwrite)
+    data = str(Path(args.data).resolve())
+    plan = member_plan(args, run_config)
+    for run_dir, member_config in plan:
+        check_run_dir(run_dir, member_config, data, args.overwrite)
     log.info("versions: %s", versions())
     with step("read data", log) as info:
         corpus = Corpus.open(args.data)
         splits = {s: corpus.read_split(s) for s in SPLITS if s != "test" or corpus.list_path(s).is_file()}
         info.update({s: len(c) for s, c in splits.items()})
     with step("build model", log) as info:
-        torch.manual_seed(run_config.train.seed)
-        model = build_model(run_config.model).to(run_config.train.device)
-        tokenizer = build_tokenizer(model)
-        info["head_params"] = f"{sum(p.numel() for p in model.heads.parameters()):,}"
+        torch.manual_seed(plan[0][1].train.seed)
+        encoders = build_model(run_config.model).to(run_config.train.device)  # its heads are not used
+        tokenizer = build_tokenizer(encoders)
+        info["head_params"] = f"{sum(p.numel() for p in encoders.heads.parameters()):,}"
         info["encoders"] = f"{run_config.model.audio.name}+{run_config.model.text.name}"
         info["resampler"] = run_config.model.resampler
-    features = Features(model, tokenizer, None if args.no_cache else args.cache_dir)
+    features = Features(encoders, tokenizer, None if args.no_cache else args.cache_dir)
     with step("encode clips into the cache" if not args.no_cache else "skip cache (--no-cache)", log) as info:
         info.update(features.prepare([c for clips in splits.values() for c in clips]))
-    created = prepare_run_dir(run_dir, args.overwrite)
+    if args.no_cache and len(plan) > 1:
+        log.warning("--no-cache: every member runs the encoders again on every batch (the cache is what lets "
+                    "members share one encoder pass)")
+    for run_dir, member_config in plan:
+        with step(f"member {run_dir.name}" if args.seeds else f"run {run_dir.name}", log):
+            train_member(encoders, features, splits, member_config, run_dir, data, args.overwrite)
+    return 0
+
+
+def train_member(encoders, features, splits: dict, run_config: RunConfig, run_dir: Path, data: str,
+                 overwrite: bool) -> int:
+    """Train one run on the shared encoders and features: fresh heads from the run's seed, resumed if saved."""
+    from training.model import DeraMos
+
+    torch.manual_seed(run_config.train.seed)
+    model = DeraMos(run_config.model, encoders.audio_encoder, encoders.text_encoder).to(run_config.train.device)
+    created = prepare_run_dir(run_dir, overwrite)
     wrote_config = False
     try:
         trainer = Trainer(model, features, run_config, run_dir, data)

@@ -219,6 +219,9 @@ class OnnxRuntimeBackend:
         self._cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(bundle)
         self._outputs = {g: [o["name"] for o in bundle.manifest["graphs"][g]["outputs"]] for g in GRAPHS}
         self.max_batch = batch_limit(bundle.manifest) if kind == "tensorrt" else None
+        # ONNX Runtime 1.31's CPU layout pass (NchwcTransformer, ORT_ENABLE_ALL) segfaults while loading an
+        # ensemble's fp16 TA graph; fp16 on the CPU is the parity gate's fallback only, so it skips that pass.
+        self._level = "ORT_ENABLE_EXTENDED" if precision == "fp16" and kind == "cpu" else "ORT_ENABLE_ALL"
         self._sessions, placements = {}, {}
         for graph in GRAPHS:
             providers = self._providers(kind, index, precision, graph)
@@ -272,7 +275,7 @@ class OnnxRuntimeBackend:
     def _session(self, path: Path, providers: list, threads: int, kind: str = "cpu"):
         ort = self._ort
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, self._level)
         options.intra_op_num_threads = int(threads)
         options.log_severity_level = 3  # errors only; provider fallbacks are checked below, not logged
         if kind != "cpu":
@@ -311,9 +314,10 @@ class OnnxRuntimeBackend:
         for i in range(len(ids)):
             real = max(int(mask[i].sum()), 1)
             rows.append(self._run("text", {"input_ids": ids[i:i + 1, :real], "attention_mask": mask[i:i + 1, :real]})[0])
-        out = np.zeros((len(ids), ids.shape[1], rows[0].shape[-1]), dtype=np.float32)
+        # The token axis is second to last: text_x is (B, L, d), or (B, M, L, d) for an ensemble bundle.
+        out = np.zeros((len(ids), *rows[0].shape[1:-2], ids.shape[1], rows[0].shape[-1]), dtype=np.float32)
         for i, row in enumerate(rows):
-            out[i, : row.shape[1]] = row[0]
+            out[i, ..., : row.shape[-2], :] = row[0]
         return out
 
     def run_ta(self, audio_x: np.ndarray, text_x: np.ndarray, text_mask: np.ndarray) -> np.ndarray:

@@ -185,3 +185,30 @@ def test_cli_refuses_a_non_empty_out_folder(tmp_path, capsys):
     assert import_research.main([str(tmp_path / "heads.pth"), "--out", str(tmp_path / "r")]) == 2
     assert "not an empty folder" in capsys.readouterr().err
     assert (tmp_path / "r" / "mine.txt").read_text() == "keep me"
+
+
+def test_several_checkpoints_import_as_ensemble_members_sharing_encoder_files(tmp_path, capsys):
+    import os
+
+    from training import import_research
+    from training.ensemble import load_ensemble, member_runs
+
+    first = tiny_full_checkpoint(seed=3)
+    second = {k: (v if k.startswith(("muq.", "roberta.")) else tiny_full_checkpoint(seed=4)[k]) for k, v in first.items()}
+    torch.save(first, tmp_path / "seed1984.pth")
+    torch.save(second, tmp_path / "seed1990.pth")
+    out = tmp_path / "members"
+    assert import_research.main([str(tmp_path / "seed1984.pth"), str(tmp_path / "seed1990.pth"), "--out", str(out)]) == 0
+    runs = member_runs([out])
+    assert [r.name for r in runs] == ["seed1984", "seed1990"]
+    for name in ("muq", "roberta"):  # the frozen encoders are stored once
+        a, b = (os.stat(r / "encoders" / f"{name}.safetensors") for r in runs)
+        assert (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+    assert json.loads((runs[1] / "provenance.json").read_text())["source"] == str((tmp_path / "seed1990.pth").resolve())
+    ensemble, _ = load_ensemble(runs)
+    assert ensemble.names == ["seed1984", "seed1990"]
+    assert not torch.equal(ensemble.heads[0].mi_mlp[0].weight, ensemble.heads[1].mi_mlp[0].weight)
+    (tmp_path / "broken.pth").write_text("not a checkpoint")
+    again = tmp_path / "again"
+    assert import_research.main([str(tmp_path / "seed1984.pth"), str(tmp_path / "broken.pth"), "--out", str(again)]) == 2
+    assert "broken.pth" in capsys.readouterr().err and not again.exists()  # the finished first member is removed too
