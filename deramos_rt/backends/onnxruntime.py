@@ -177,6 +177,9 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = int(threads)
         options.log_severity_level = 3  # errors only; provider fallbacks are checked below, not logged
+        # The three graphs run in turn: a session's threads left spinning after its run take the cores the
+        # next session and the decode threads need (spinning off: 1.5-2x model-only on 2 cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             return ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own pybind types (InvalidProtobuf, Fail, ...)
