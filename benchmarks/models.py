@@ -180,8 +180,12 @@ def _wait_for_other_build(bundle_dir: Path, wait_s: float, log) -> None:
 
 
 def write_clips(folder: Path, count: int, seconds: float, rate: int = 44100, channels: int = 2,
-                seed: int = 0) -> list[Path]:
-    """``count`` music-like WAV files (decaying notes + a little noise), 16-bit, cached by name."""
+                seed: int = 0, formats: tuple[str, ...] = ("wav",)) -> list[Path]:
+    """``count`` music-like files (decaying notes + a little noise), cached by name.
+
+    ``formats`` cycle over the files (``wav`` and ``flac`` 16-bit PCM, ``mp3`` MPEG layer III): a user's
+    folder mixes them, and each decodes at its own cost.
+    """
     import soundfile as sf
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -189,7 +193,8 @@ def write_clips(folder: Path, count: int, seconds: float, rate: int = 44100, cha
     n = int(rate * seconds)
     t = np.arange(n) / rate
     for i in range(count):
-        path = folder / f"S{i % 8:03d}_clip{i:05d}.wav"
+        ext = formats[i % len(formats)]
+        path = folder / f"S{i % 8:03d}_clip{i:05d}.{ext}"
         paths.append(path)
         if path.is_file():
             continue
@@ -199,8 +204,9 @@ def write_clips(folder: Path, count: int, seconds: float, rate: int = 44100, cha
         signal = 0.4 * np.sin(2 * np.pi * notes[step] * t) * np.exp(-5 * ((t * 4) % 1))
         signal += 0.01 * rng.standard_normal(n)
         data = np.stack([signal, 0.9 * signal], axis=1) if channels == 2 else signal
-        tmp = path.with_suffix(".tmp.wav")
-        sf.write(str(tmp), data.astype(np.float32), rate, subtype="PCM_16")
+        tmp = path.with_name(f".{path.name}.tmp")
+        options = {"format": "MP3"} if ext == "mp3" else {"format": ext.upper(), "subtype": "PCM_16"}
+        sf.write(str(tmp), data.astype(np.float32), rate, **options)
         tmp.rename(path)
     return paths
 
