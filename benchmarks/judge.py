@@ -111,8 +111,8 @@ def targets(section: dict) -> list[dict]:
     if share:
         out.append(_target(f"CPU limit: end to end >= {CPU_LIMIT_SHARE:.0%} of cores / (decode + model core-s per clip)",
                            share["e2e_share"] >= CPU_LIMIT_SHARE,
-                           f"{best['name']}: {best['e2e_clips_per_s']:.3g} clips/s of a limit {share['limit_clips_per_s']:.3g}"
-                           f" = {share['cores']} / ({share['decode_core_s_per_clip'] * 1e3:.3g} + "
+                           f"{best['name']}: {best['e2e_clips_per_s']:.3g} clips/s of a limit "
+                           f"{share['limit_clips_per_s']:.3g} = {share['cores']} / ({share['decode_core_s_per_clip'] * 1e3:.3g} + "
                            f"{share['model_core_s_per_clip'] * 1e3:.3g} ms) = {share['e2e_share']:.0%}", busy))
     once = all(r.get("prompts_encoded", 0) <= r.get("distinct_prompts", 0) for r in cpu)
     out.append(_target("each distinct prompt encoded once", once,

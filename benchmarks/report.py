@@ -13,9 +13,10 @@ faster than its own FLOP-bound limit: a limit is then wrong.
 Cost on a 2-core CPU: the default run (built-in model, CLAP-HTSAT + RoBERTa, the whole-process row at
 240 clips, scaling 100 / 1,000 clips) takes about 8 minutes once its bundles exist; building the CLAP bundle
 the first time adds about 4 minutes (cached in --work). ``--models ...,muq`` adds MuQ-large + RoBERTa (the
-paper's model, random weights): its bundle is 2.5 GB and takes about 40 minutes and 7 GB of memory to build
+paper's model, random weights): its bundle is 2.5 GB and takes about 40 minutes and several GB of memory to build
 the first time (onnxslim is skipped above 1 GB; ``--slim`` on export.build_engine re-enables it, which
-peaked near 14 GB), then about 3 minutes per repeat at 3 clips. ``--quick`` measures fewer clips, batch
+peaked near 14 GB), then about 5 minutes per repeat at 3 clips (estimated from 0.05 clips/s per clip of the
+reference; not measured with this harness). ``--quick`` measures fewer clips, batch
 sizes up to 8, scaling at 100 clips only, and the whole-process row at 48 clips.
 """
 
@@ -441,7 +442,7 @@ def parse_args(argv):
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--models", default=DEFAULT_MODELS,
                    help=f"comma list of default, clap-roberta, muq (= muq-roberta) (default {DEFAULT_MODELS}; muq: "
-                        "2.5 GB bundle, ~40 min to build once, ~3 min per repeat)")
+                        "2.5 GB bundle, ~40 min to build once, ~5 min per repeat)")
     p.add_argument("--bundle", nargs="*", default=[], type=Path,
                    help="extra bundles to measure (their run directory is read from the manifest)")
     p.add_argument("--backends", default=",".join(ALL_ROWS), help=f"rows, from: {', '.join(ALL_ROWS)}")

@@ -45,7 +45,8 @@ def deramos_command(manifest: Path, out: Path, bundle: Path | None) -> list[str]
     """The README's job: the installed ``deramos-rt`` script when there is one beside this Python."""
     script = Path(sys.executable).with_name("deramos-rt")
     head = [str(script)] if script.is_file() else [sys.executable, "-m", "deramos_rt.cli"]
-    return head + ["score", str(manifest), "--out", str(out), "--overwrite"] + (["--bundle", str(bundle)] if bundle else [])
+    command = head + ["score", str(manifest), "--out", str(out), "--overwrite"]
+    return command + (["--bundle", str(bundle)] if bundle else [])
 
 
 def research_command(manifest: Path, out: Path, run_dir: Path) -> list[str]:

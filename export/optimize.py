@@ -116,7 +116,9 @@ def _fir_plan(node, constants: dict, dims: dict) -> dict | None:
         return None
     if not shape or len(shape) != 3 or shape[1] != 1 or not shape[2]:
         return None
-    if attrs.get("group") and attrs["group"].i != 1 or any(d != 1 for d in (attrs["dilations"].ints if "dilations" in attrs else [])):
+    group = attrs["group"].i if "group" in attrs else 1
+    dilations = list(attrs["dilations"].ints) if "dilations" in attrs else []
+    if group != 1 or any(d != 1 for d in dilations):
         return None
     if "auto_pad" in attrs and attrs["auto_pad"].s not in (b"", b"NOTSET"):
         return None

@@ -362,7 +362,8 @@ def _time_alternatives(work: Path, manifest: dict, made: dict, repeats: int, rou
     from deramos_rt.backends.onnxruntime import OnnxRuntimeBackend
     from export.calibrate import interleave, per_call
 
-    backends = {o: OnnxRuntimeBackend(_bundle_with(work, manifest, files), "int8", "cpu") for o, files in made.items()}
+    backends = {o: OnnxRuntimeBackend(_bundle_with(work, manifest, files), precision="int8", device="cpu")
+                for o, files in made.items()}
     bundle = next(iter(backends.values())).bundle
     waves = (0.1 * np.random.default_rng(0).standard_normal((2, bundle.protocol.num_samples))).astype(np.float32)
     tokens = bundle.tokenizer()(["a calm piano piece with a slow tempo", "loud rock song with drums"])
@@ -400,7 +401,7 @@ def _parity_checker(model, tokenizer, work: Path, manifest: dict, files: int, ra
 
     def check(graph_files: dict[str, Path]) -> str | None:
         bundle = _bundle_with(work, manifest, graph_files)
-        backend = OnnxRuntimeBackend(bundle, "int8", "cpu")
+        backend = OnnxRuntimeBackend(bundle, precision="int8", device="cpu")
         try:
             got = verify.backend_scores(backend, inputs, bundle.tokenizer(), bundle.bins)
         finally:
