@@ -5,8 +5,9 @@ the bundle kept it, the AOTInductor CPU packages when present and torch imports)
 backends, and times the same unit of work on each: one batch of clips through the audio and TA graphs
 plus one prompt through the text graph per ``clips_per_prompt`` clips (a prompt serves several clips in a
 real job, and each distinct prompt is encoded once). Rounds are interleaved (A B C A B C ...) and the
-median is kept. It takes a few seconds for the built-in model; for MuQ-large (one 30 s clip is tens of
-seconds on 2 cores) it is cut to batch 1 and one round when the estimate exceeds ``budget_s``.
+median is kept. It takes a few seconds for the built-in model; where the estimate exceeds ``budget_s`` it
+runs at batch 1 (CLAP: about 5 s), and where that is still too long, one round (MuQ-large: one 30 s clip
+is tens of seconds on 2 cores).
 
 The result is stored in the manifest under ``calibration.cpus[<cpu key>]``
 (:func:`deramos_rt.backends.calibration.cpu_key`: CPU model + SIMD flags), where
@@ -102,7 +103,7 @@ def _load(source, manifest: dict | None):
 
 
 def calibrate(source, manifest: dict | None = None, batch: int = 8, repeats: int = 5, clips_per_prompt: int = 8,
-              round_s: float = 0.2, budget_s: float = 30.0, previous: dict | None = None) -> dict:
+              round_s: float = 0.2, budget_s: float = 60.0, previous: dict | None = None) -> dict:
     """Measured clips/s of every CPU candidate of a bundle on this CPU.
 
     Args:
@@ -112,7 +113,7 @@ def calibrate(source, manifest: dict | None = None, batch: int = 8, repeats: int
         repeats: interleaved rounds (median kept).
         round_s: each round repeats the unit for at least this long (one call at least).
         clips_per_prompt: clips each prompt serves in the timed unit.
-        budget_s: above this estimated total, one round at batch 1.
+        budget_s: above this estimated total, batch 1; still above, one round at batch 1.
         previous: an existing ``calibration`` section whose other CPUs' entries are kept.
 
     Returns:
@@ -147,11 +148,7 @@ def _measure(bundle, backends: dict, batch: int, repeats: int, clips_per_prompt:
         unit = _unit(backend, one, tokens, 1)
         unit()
         probe[name] = per_call(unit, 0.0)
-    estimate = repeats * sum(max(round_s, seconds * batch) for seconds in probe.values())
-    if estimate > budget_s:
-        log.info("calibration: one round at batch 1 (batch-%d estimate %.0f s > budget %.0f s)", batch,
-                 estimate, budget_s)
-        batch, repeats, round_s = 1, 1, 0.0
+    batch, repeats = _fit_budget(probe, batch, repeats, round_s, budget_s)
     waves = (0.1 * rng.standard_normal((batch, samples))).astype(np.float32)
     prompts = max(1, min(len(PROMPTS), round(batch / clips_per_prompt)))
     units = {name: _unit(b, waves, tokens, prompts) for name, b in backends.items()}
@@ -166,6 +163,20 @@ def _measure(bundle, backends: dict, batch: int, repeats: int, clips_per_prompt:
             "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "what": f"model-only clips/s: {batch} clip(s) through audio + TA and {prompts} prompt(s) through text "
                     f"per unit, each round at least {round_s:g} s of units, median of {repeats} interleaved round(s)"}
+
+
+def _fit_budget(probe: dict[str, float], batch: int, repeats: int, round_s: float, budget_s: float) -> tuple[int, int]:
+    """(batch, repeats) whose estimated time fits ``budget_s``: batch 1 first, then a single round."""
+    def estimate(b: int, r: int) -> float:
+        return r * sum(max(round_s, seconds * b) for seconds in probe.values())
+
+    for b, r in ((batch, repeats), (1, repeats), (1, 1)):
+        if estimate(b, r) <= budget_s or (b, r) == (1, 1):
+            if (b, r) != (batch, repeats):
+                log.info("calibration: batch %d, %d round(s) (batch %d x %d rounds would take about %.0f s > budget "
+                         "%.0f s)", b, r, batch, repeats, estimate(batch, repeats), budget_s)
+            return b, r
+    return 1, 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,3 +60,9 @@ def test_the_command_line_adds_this_cpu_and_the_bundle_still_verifies(bundle_dir
     assert calibrate.main([str(copy)]) == 0
     cpus = load_bundle(copy).manifest["calibration"]["cpus"]  # verified: every file still matches
     assert set(cpus) == {"Other CPU|avx2", cpu_key()}
+
+
+def test_the_budget_cuts_the_batch_before_the_rounds():
+    assert calibrate._fit_budget({"a": 0.01}, 8, 5, 0.2, 60.0) == (8, 5)  # 5 rounds of 0.2 s: fits
+    assert calibrate._fit_budget({"a": 1.0, "b": 0.5}, 8, 5, 0.2, 10.0) == (1, 5)  # 60 s at batch 8, 7.5 at 1
+    assert calibrate._fit_budget({"a": 20.0}, 8, 5, 0.2, 60.0) == (1, 1)  # MuQ-large: one round
