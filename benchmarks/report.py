@@ -11,8 +11,9 @@ half the cores the targets read "not judged: machine busy". The report fails (ex
 faster than its own FLOP-bound limit: a limit is then wrong.
 
 Cost on a 2-core CPU: the default run (built-in model, CLAP-HTSAT + RoBERTa, the whole-process row at
-240 clips, scaling 100 / 1,000 clips) takes about 8 minutes once its bundles exist; building the CLAP bundle
-the first time adds about 4 minutes (cached in --work). ``--models ...,muq`` adds MuQ-large + RoBERTa (the
+240 clips, scaling 100 / 1,000 clips) is estimated at 6-10 minutes on a quiet machine once its bundles exist
+(``--quick`` took 11 minutes at load 7, where torch rows slow down most); building the CLAP bundle the
+first time adds 4-12 minutes (cached in --work). ``--models ...,muq`` adds MuQ-large + RoBERTa (the
 paper's model, random weights): its bundle is 2.5 GB and takes about 40 minutes and several GB of memory to build
 the first time (onnxslim is skipped above 1 GB; ``--slim`` on export.build_engine re-enables it, which
 peaked near 14 GB), then about 5 minutes per repeat at 3 clips (estimated from 0.05 clips/s per clip of the
@@ -195,12 +196,10 @@ def model_section(spec: ModelSpec, args, results: dict, save) -> None:
 
     _step(section, "flops", lambda: _flops(spec, section, e2e_batch, len(items) / section["clips"]["distinct_prompts"]))
     save()
-    _step(section, "gemm", lambda: _gemm(section, args, int8_options))
-    save()
     runs, missing = row_plan(spec, args.backends)
     section["unavailable"].update(missing)
     waves = _waves(items, protocol)
-    _rows(spec, section, runs, items, waves, e2e_batch, protocol, args, save)
+    _rows(spec, section, runs, items, waves, e2e_batch, protocol, args, save, lambda: _gemm(section, args, int8_options))
     if spec.sweep:
         _latencies(spec, section, runs, sizes, waves, items[0][1], args, save)
     if not args.no_breakdown:
@@ -225,8 +224,11 @@ def _protocol(spec: ModelSpec):
     return load_run(spec.run_dir)[0].audio_protocol
 
 
-def _rows(spec, section, runs, items, waves, batch, protocol, args, save) -> None:
-    """The reference, every backend row and the isolated decode stage, interleaved ``args.repeats`` times."""
+def _rows(spec, section, runs, items, waves, batch, protocol, args, save, gemm_rates) -> None:
+    """The reference, every backend row, the isolated decode stage and the GEMM rates (``gemm_rates()``),
+    interleaved ``args.repeats`` times: rows by their medians, GEMM rates by their best round."""
+    from benchmarks import gemm
+
     tasks = {}
     if "reference" in args.backends:
         tasks["reference"] = lambda: measure.reference_row(spec.run_dir, items)
@@ -234,13 +236,14 @@ def _rows(spec, section, runs, items, waves, batch, protocol, args, save) -> Non
         tasks[name] = (lambda s=source, b=backend, p=precision, d=device, n=name:
                        measure.scorer_row(n, s, b, p, batch, items, waves, device=d))
     tasks["decode"] = lambda: measure.decode_cost(items, protocol)
+    tasks["gemm"] = gemm_rates
     log(f"{spec.name}: {', '.join(tasks)} on {len(items)} clips (rows at batch {batch}), {args.repeats} interleaved "
         "rounds")
 
     def progress(name, task):
         def run():
             row = task()
-            if name != "decode":
+            if name not in ("decode", "gemm"):
                 _progress(spec.name, row)
             save()
             return row
@@ -248,6 +251,12 @@ def _rows(spec, section, runs, items, waves, batch, protocol, args, save) -> Non
 
     measured = interleave({n: progress(n, t) for n, t in tasks.items()}, args.repeats)
     section["decode"] = summarise(measured.pop("decode"))
+    rates = measured.pop("gemm")
+    if "error" in rates[0]:
+        section.setdefault("errors", {})["gemm"] = rates[0]["error"]
+    else:
+        section["gemm"] = gemm.best_of(rates)
+        log(f"GEMM best over {len(rates)} rounds: {section['gemm']['best']}")
     for name, repeats in measured.items():
         row = summarise(repeats)
         if "error" in row:
@@ -337,13 +346,13 @@ def _flops(spec: ModelSpec, section: dict, batch: int, clips_per_prompt: float) 
         f"products); GEMM shapes {section['gemm_shapes']}")
 
 
-def _gemm(section: dict, args, int8_options) -> None:
+def _gemm(section: dict, args, int8_options) -> dict:
+    """Matrix-product rates at the model's dominant shapes, per library and precision (one round)."""
     from benchmarks import gemm
 
     shapes = [tuple(s) for s in section.get("gemm_shapes", [])] or [(1000, 768, 3072)]
     log(f"GEMM rates at {shapes} (torch fp32, ONNX Runtime fp32, ONNX Runtime int8 recipe {int8_options.label})")
-    section["gemm"] = gemm.measure_cpu(shapes, min_seconds=args.gemm_seconds, int8_options=int8_options)
-    log(f"GEMM best: {section['gemm']['best']}")
+    return gemm.measure_cpu(shapes, min_seconds=args.gemm_seconds, int8_options=int8_options)
 
 
 def _parity_all(section: dict) -> None:

@@ -136,6 +136,17 @@ def test_sanity_fails_a_row_faster_than_its_own_limit():
     result = judge.sanity(wrong)
     assert result["status"] == "failed" and result["violations"] == [
         "m onnxruntime-fp32: model 5 clips/s > its limit 4.5 clips/s"]
+    # Measured while busy, the same numbers may be load noise: listed, not failed.
+    busy = judge.sanity({"models": {"m": _section(best=4.0, model=5.0, busy=True)}})
+    assert busy["status"] == "not judged: machine busy" and len(busy["violations"]) == 1
+
+
+def test_gemm_rates_of_several_rounds_keep_each_best():
+    one = {"shapes": [{"m": 1, "k": 2, "n": 3, "torch_fp32": 10.0, "ort_fp32": 20.0, "ort_int8": 40.0}], "int8_recipe": "x"}
+    two = {"shapes": [{"m": 1, "k": 2, "n": 3, "torch_fp32": 30.0, "ort_fp32": 15.0, "ort_int8": 90.0}], "int8_recipe": "x"}
+    best = gemm.best_of([one, {"error": "busy"}, two])
+    assert best["shapes"][0]["torch_fp32"] == 30.0 and best["best"]["ort_fp32"] == 20.0 and best["rounds"] == 2
+    assert best["best"]["int8_over_fp32"] == 4.5 and best["best"]["fp32"] == 30.0 and best["int8_recipe"] == "x"
 
 
 def test_targets_report_met_and_not_met():
