@@ -71,13 +71,12 @@ def parity(reference: dict[str, list], got: dict[str, list]) -> dict:
 # ------------------------------------------------------------------------------------------- reference
 
 def reference_row(run_dir: Path, items: list[tuple[str, str]]) -> dict:
-    """The research code's way of scoring: torch eager fp32, batch 1, each file decoded and resampled on
-    the main thread right before its forward, the prompt re-encoded for every clip (``load_run`` + the
-    full ``model(waveform, ids, mask)`` per clip).
-    """
+    """The research code's way of scoring (:func:`benchmarks.research_protocol.research_scores`), timed:
+    torch eager fp32, batch 1, each file decoded and resampled on the main thread right before its forward,
+    the prompt re-encoded for every clip."""
     import torch
 
-    from deramos_rt.audio import load_clip
+    from benchmarks.research_protocol import research_scores
     from training.checkpoint import load_run
     from training.model import build_tokenizer
 
@@ -90,27 +89,31 @@ def reference_row(run_dir: Path, items: list[tuple[str, str]]) -> dict:
     with torch.inference_mode():  # warm-up (one forward on silence), as every other row gets
         ids = tokenizer([items[0][1]])
         model(torch.zeros(1, protocol.num_samples), torch.from_numpy(ids.input_ids), torch.from_numpy(ids.attention_mask))
-    mi, ta, latencies, decode = [], [], [], 0.0
+    clips: list[dict] = []
     start = time.perf_counter()
-    for path, prompt in items:
-        t0 = time.perf_counter()
-        wave = load_clip(path, protocol)
-        t1 = time.perf_counter()
-        tokens = tokenizer([prompt])
-        with torch.inference_mode():
-            out = model(torch.from_numpy(wave)[None], torch.from_numpy(tokens.input_ids),
-                        torch.from_numpy(tokens.attention_mask))
-        latencies.append(time.perf_counter() - t0)
-        decode += t1 - t0
-        mi.append(float(out["mi"][0]))
-        ta.append(float(out["ta"][0]))
+    mi, ta = research_scores(model, tokenizer, items, clips.append)
     seconds = time.perf_counter() - start
+    decode = sum(c["decode_s"] for c in clips)
+    model_cpu = sum(c["model_cpu_s"] for c in clips)
     return {"name": "reference", "backend": "torch (research protocol)", "precision": "fp32", "device": "cpu",
             "batch_size": 1, "clips": len(items), "e2e_seconds": seconds, "e2e_clips_per_s": len(items) / seconds,
             "decode_seconds": decode, "load_seconds": load_seconds,
             "model_clips_per_s": len(items) / max(seconds - decode, 1e-9),
-            "latency": {"1": percentiles(latencies)}, "peak_rss_mb": round(peak_rss_mb(), 1),
+            "model_core_s_per_clip": model_cpu / len(items),
+            "latency": {"1": percentiles([c["total_s"] for c in clips])}, "peak_rss_mb": round(peak_rss_mb(), 1),
             "scores": {"mi": mi, "ta": ta}}
+
+
+def decode_cost(items: list[tuple[str, str]], protocol) -> dict:
+    """Decode + resample of every item on this thread alone (nothing else running): wall and process CPU
+    seconds per clip. CPU time counts every thread (a BLAS call's own threads included)."""
+    from deramos_rt.audio import load_clip
+
+    start, cpu = time.perf_counter(), time.process_time()
+    for path, _ in items:
+        load_clip(path, protocol)
+    return {"name": "decode", "clips": len(items), "decode_s_per_clip": (time.perf_counter() - start) / len(items),
+            "decode_core_s_per_clip": (time.process_time() - cpu) / len(items)}
 
 
 # --------------------------------------------------------------------------------------------- scorer rows
@@ -190,7 +193,9 @@ def scorer_row(name: str, source: Path, backend: str, precision: str | None, bat
             from deramos_rt.audio import load_clip
 
             waves = np.stack([load_clip(p, protocol) for p, _ in items])
+        cpu = time.process_time()
         model_seconds, latencies = _model_only(scorer, waves, [p for _, p in items], batch_size, timed)
+        model_cpu = time.process_time() - cpu
         return {"name": name, "backend": scorer.backend.info.name, "precision": scorer.backend.info.precision,
                 "device": scorer.backend.info.device, "detail": scorer.backend.info.detail,
                 "batch_size": batch_size, "clips": len(items), "open_seconds": round(open_seconds, 2),
@@ -198,6 +203,7 @@ def scorer_row(name: str, source: Path, backend: str, precision: str | None, bat
                 "inference_seconds_in_e2e": {k: round(v, 3) for k, v in inference.items()},
                 "waits_seconds_in_e2e": round(e2e - sum(inference.values()), 3),
                 "model_seconds": model_seconds, "model_clips_per_s": len(items) / model_seconds,
+                "model_core_s_per_clip": model_cpu / len(items),
                 "latency": {str(batch_size): {**percentiles(latencies),
                                               "clips_per_s": round(len(items) / model_seconds, 3)}},
                 "prompts_encoded": encoded,

@@ -271,6 +271,19 @@ def _show(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def building_view(root: str | Path, manifest: dict[str, Any], label: str) -> Bundle:
+    """A :class:`Bundle` over a folder the exporter is still writing (its manifest has no ``files`` table yet).
+
+    Only ``export`` uses it, on its own work folder: every file there is listed (by size, not hashed), so the
+    runtime's backends can run the graphs for parity, int8 tuning and calibration before the manifest is
+    written. Bundles from anywhere else go through :func:`load_bundle`.
+    """
+    root = Path(root).resolve()
+    files = {p.relative_to(root).as_posix(): {"bytes": p.stat().st_size}
+             for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return Bundle(root, {**manifest, "files": files}, label)
+
+
 def is_bundle(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 

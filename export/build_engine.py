@@ -54,6 +54,7 @@ class BuildOptions:
         aoti_device: ``cpu`` or ``cuda`` for the packages (None: cuda when torch sees a GPU, else cpu).
         parity_files, parity_random: generated audio files / random signals for the parity gate.
         slim: simplify graphs with onnxslim (kept only where outputs are unchanged).
+        slim_large: also simplify graphs above export.optimize.SLIM_MAX_BYTES (1 GB; onnxslim needs many GB).
         int8_min_bytes: encoders with fewer weight bytes stay fp32 in the int8 variant.
     """
 
@@ -66,6 +67,7 @@ class BuildOptions:
     parity_files: int = 8
     parity_random: int = 24
     slim: bool = True
+    slim_large: bool = False
     int8_min_bytes: int = 16_000_000
 
 
@@ -225,6 +227,9 @@ def _build_into(runs: list[Path], work: Path, opts: BuildOptions) -> None:
             manifest["aoti"], aoti_failure = _aoti(model, work, tokenizer, opts)
             info["device"] = (manifest["aoti"] or {}).get("device", "none")
     write_manifest(work, manifest)
+    from export import calibrate, quantize
+
+    quantize.tune_int8(model, tokenizer, work, manifest, opts.parity_files, opts.parity_random)
     with step("parity gate") as info:
         parity = _parity(model, tokenizer, work, opts)
         info["kept"] = ",".join(v for v in manifest["variants"] if parity["variants"][v]["kept"])
@@ -235,18 +240,21 @@ def _build_into(runs: list[Path], work: Path, opts: BuildOptions) -> None:
         manifest["tensorrt"] = _tensorrt(work, manifest, opts)
         info["engines"] = len(manifest["tensorrt"]) * len(GRAPHS)
     (work / "parity.json").write_text(json.dumps(parity, indent=1) + "\n")
+    manifest["calibration"] = calibrate.calibrate(work, manifest)
     write_manifest(work, manifest)
 
 
 def _export_fp32(model, work: Path, opts: BuildOptions) -> dict[str, Any]:
-    from export import graphs
+    from export import graphs, optimize
 
     paths = graphs.export_parts(model, work, suffix="fp32")
-    slimmed = {}
+    slimmed, optimized = {}, {}
     for graph, path in paths.items():
-        slimmed[graph] = bool(opts.slim) and graphs.slim(path, _same_outputs_check(path))
+        slimmed[graph] = (bool(opts.slim) and optimize.slim_allowed(path, opts.slim_large)
+                          and graphs.slim(path, _same_outputs_check(path)))
+        optimized[graph] = optimize.optimize_graph(path, _same_outputs_check(path))
     return {"files": {g: p.name for g, p in paths.items()}, "device": VARIANT_DEVICE["fp32"],
-            "opset": graphs.OPSET, "slimmed": slimmed}
+            "opset": graphs.OPSET, "slimmed": slimmed, "optimized": optimized}
 
 
 def _same_outputs_check(reference: Path, tolerance: float = 1e-5):
@@ -456,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aoti-device", choices=("cpu", "cuda"), default=None,
                         help="device of the AOTInductor packages (default: cuda when torch sees a GPU, else cpu)")
     parser.add_argument("--no-slim", action="store_true", help="do not simplify graphs with onnxslim")
+    parser.add_argument("--slim", action="store_true",
+                        help="also simplify graphs above 1 GB (onnxslim peaked near 14 GB on MuQ-large's audio graph)")
     parser.add_argument("--parity-files", type=int, default=8, help="generated audio files in the parity gate")
     parser.add_argument("--parity-random", type=int, default=24, help="random signals in the parity gate")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -467,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         out = build_bundle(args.run, args.out, parse_precisions(args.precision), tensorrt=args.tensorrt,
                            opt_batch=args.opt_batch, max_batch=args.max_batch, aoti=args.aoti,
                            aoti_device=args.aoti_device,
-                           slim=not args.no_slim, parity_files=args.parity_files, parity_random=args.parity_random)
+                           slim=not args.no_slim, slim_large=args.slim, parity_files=args.parity_files,
+                           parity_random=args.parity_random)
         bundle = load_bundle(out)
         aoti, members = bundle.manifest.get("aoti"), bundle.members
         log.info("bundle %s: %svariants %s%s, %s MB, built in %.1f s (manifest sha256 %s)", out,

@@ -205,6 +205,8 @@ def _auto_candidates(bundle, device: str | None, precision: str | None) -> list[
             out.append(("onnxruntime", "cpu", "int8", "CPU; the bundle kept int8 graphs whose parity held"))
         out.append(("onnxruntime", "cpu", precision if precision in ("fp32", "fp16") else "fp32",
                     "CPU; onnxruntime fp32 is the portable choice"))
+        if aoti.get("device") == "cpu" and precision in (None, "fp32"):
+            out.append(("aoti", "cpu", "fp32", "CPU; the bundle's AOTInductor CPU packages"))
     return out
 
 
@@ -218,8 +220,12 @@ def _auto(source, device, precision, threads, trust_bundle=False):
     if source.kind == "run":
         log.info("auto: backend torch (%s is a training run directory; build a bundle for a faster backend)", source.root)
         return open_backend("torch", source, device, precision, threads)
+    from deramos_rt.backends.calibration import cpu_key, measured_order
+
+    candidates, order = measured_order(source.manifest, cpu_key(), _auto_candidates(source, device, precision))
+    log.info("auto: %s", order)
     passed, skipped = [], []
-    for name, dev, prec, why in _auto_candidates(source, device, precision):
+    for name, dev, prec, why in candidates:
         if name in NATIVE:
             from deramos_rt.trust import native_refusal
 

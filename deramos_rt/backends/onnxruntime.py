@@ -278,6 +278,9 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, self._level)
         options.intra_op_num_threads = int(threads)
         options.log_severity_level = 3  # errors only; provider fallbacks are checked below, not logged
+        # The three graphs run in turn: a session's threads left spinning after its run take the cores the
+        # next session and the decode threads need (spinning off: 1.5-2x model-only on 2 cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if kind != "cpu":
             options.add_session_config_entry(RECORD_PLACEMENT, "1")
         try:

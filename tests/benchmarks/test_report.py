@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import flops, gemm, measure, plots, report, report_md
+from benchmarks import flops, gemm, judge, measure, plots, report, report_md
 from benchmarks.models import PROMPTS, items_for, random_run, write_clips, write_roberta_tokenizer
 
 
@@ -89,42 +89,105 @@ def test_scaling_point_streams_and_counts(tiny_run, tiny_items):
     assert point["clips"] == 10 and point["failed"] == 0
 
 
-def _section(ref=1.0, best=4.0, model=4.1, int8=None):
-    rows = [{"name": "reference", "e2e_clips_per_s": ref, "model_clips_per_s": ref},
-            {"name": "onnxruntime-fp32", "precision": "fp32", "e2e_clips_per_s": best, "model_clips_per_s": model,
-             "e2e_seconds": 10.0, "waits_seconds_in_e2e": 0.1, "prompts_encoded": 8, "distinct_prompts": 8}]
+def _section(ref=1.0, best=4.0, model=4.1, int8=None, busy=False):
+    """A model section after measurement: per-part FLOPs, GEMM rates, rows with their limits filled in."""
+    rows = [{"name": "reference", "backend": "torch (research protocol)", "precision": "fp32",
+             "e2e_clips_per_s": ref, "model_clips_per_s": ref, "model_core_s_per_clip": 0.5},
+            {"name": "onnxruntime-fp32", "backend": "onnxruntime", "precision": "fp32", "e2e_clips_per_s": best,
+             "model_clips_per_s": model, "model_core_s_per_clip": 0.3, "prompts_encoded": 8, "distinct_prompts": 8}]
     if int8:
-        rows.append({"name": "onnxruntime-int8", "precision": "int8", "e2e_clips_per_s": int8, "model_clips_per_s": int8,
-                     "e2e_seconds": 10.0, "prompts_encoded": 8, "distinct_prompts": 8,
-                     "parity": {"mi_srcc": 0.995, "ta_srcc": 0.999}})
-    return {"title": "built-in", "rows": rows, "unavailable": {},
-            "flops": {"per_clip": {"total": 1e9, "quantisable": 0.5e9}},
-            "gemm": {"best": {"fp32": 4.5, "int8": 9.0, "int8_over_fp32": 2.0, "ort_fp32": 4.5, "torch_fp32": 3.0}}}
+        rows.append({"name": "onnxruntime-int8", "backend": "onnxruntime", "precision": "int8", "e2e_clips_per_s": int8,
+                     "model_clips_per_s": int8, "model_core_s_per_clip": 0.3, "prompts_encoded": 8,
+                     "distinct_prompts": 8, "parity": {"mi_srcc": 0.995, "ta_srcc": 0.999}})
+    # Audio 0.6 GFLOP (0.5 in weight products), TA 0.1 (0), text 0.6 (0.6) per prompt of 2 clips -> 1.0 per clip.
+    section = {"title": "built-in", "rows": rows, "unavailable": {}, "int8_graphs": ["audio"],
+               "flops": {"clips_per_prompt": 2.0, "per_clip": {"total": 1e9, "quantisable": 0.8e9}, "tokens_in_prompt": 9,
+                         "by_part": {"audio": {"gflop": 0.6, "quantisable_gflop": 0.5},
+                                                               "ta": {"gflop": 0.1, "quantisable_gflop": 0.0},
+                                                               "text": {"gflop": 0.6, "quantisable_gflop": 0.6}}},
+               "gemm": {"best": {"fp32": 4.5, "int8": 9.0, "int8_over_fp32": 2.0, "ort_fp32": 4.5, "ort_int8": 9.0,
+                                 "torch_fp32": 3.0}},
+               "decode": {"decode_core_s_per_clip": 0.2}, "load": {"busy": busy}}
+    for row in rows:
+        row["limit_clips_per_s"] = judge.row_limit(row, section)
+        row["cpu_limit"] = judge.cpu_limit(row, section, cores=2)
+    return section
+
+
+def test_each_row_has_its_own_limit():
+    section = _section(int8=5.0)
+    rows = {r["name"]: r for r in section["rows"]}
+    assert rows["onnxruntime-fp32"]["limit_clips_per_s"] == pytest.approx(4.5)  # 1 GFLOP/clip at 4.5 GFLOP/s
+    # The reference encodes its prompt per clip: 1.3 GFLOP at torch's 3 GFLOP/s.
+    assert rows["reference"]["limit_clips_per_s"] == pytest.approx(3.0 / 1.3)
+    # int8 quantises the audio graph only: 0.5 GFLOP at 9 GOP/s + 0.5 GFLOP at 4.5 GFLOP/s.
+    assert rows["onnxruntime-int8"]["limit_clips_per_s"] == pytest.approx(1 / (0.5 / 9 + 0.5 / 4.5))
+    assert judge.row_limit({"name": "x", "backend": "torch", "device": "cuda"}, section) is None
+    # CPU limit: 2 cores / (0.2 decode + 0.3 model core-seconds) = 4 clips/s; end to end 4 of it.
+    assert rows["onnxruntime-fp32"]["cpu_limit"]["limit_clips_per_s"] == pytest.approx(4.0)
+    assert rows["onnxruntime-fp32"]["cpu_limit"]["e2e_share"] == pytest.approx(1.0)
+    assert judge.cpu_limit({"model_core_s_per_clip": 0.3}, {"decode": {}}) is None
+
+
+def test_sanity_fails_a_row_faster_than_its_own_limit():
+    fine = {"models": {"m": _section(best=4.0, model=4.1)}}
+    assert judge.sanity(fine) == {"status": "passed", "rows_checked": 2, "violations": []}
+    wrong = {"models": {"m": _section(best=4.0, model=5.0)}}  # above 4.5: the limit is wrong
+    result = judge.sanity(wrong)
+    assert result["status"] == "failed" and result["violations"] == [
+        "m onnxruntime-fp32: model 5 clips/s > its limit 4.5 clips/s"]
+    # Measured while busy, the same numbers may be load noise: listed, not failed.
+    busy = judge.sanity({"models": {"m": _section(best=4.0, model=5.0, busy=True)}})
+    assert busy["status"] == "not judged: machine busy" and len(busy["violations"]) == 1
+
+
+def test_gemm_rates_of_several_rounds_keep_each_best():
+    one = {"shapes": [{"m": 1, "k": 2, "n": 3, "torch_fp32": 10.0, "ort_fp32": 20.0, "ort_int8": 40.0}], "int8_recipe": "x"}
+    two = {"shapes": [{"m": 1, "k": 2, "n": 3, "torch_fp32": 30.0, "ort_fp32": 15.0, "ort_int8": 90.0}], "int8_recipe": "x"}
+    best = gemm.best_of([one, {"error": "busy"}, two])
+    assert best["shapes"][0]["torch_fp32"] == 30.0 and best["best"]["ort_fp32"] == 20.0 and best["rounds"] == 2
+    assert best["best"]["int8_over_fp32"] == 4.5 and best["best"]["fp32"] == 30.0 and best["int8_recipe"] == "x"
 
 
 def test_targets_report_met_and_not_met():
-    got = {t["target"].split(":")[0]: t["status"] for t in report.targets(_section(int8=5.5))}
-    # best is the int8 row (5.5 clips/s); its bound: 0.5 GFLOP at 9 + 0.5 GFLOP at 4.5 GFLOP/s -> 6 clips/s,
-    # 6 / 5.5 = 1.09 <= 1.15
-    assert got["FLOP-bound"] == "met"
-    assert got["decoding hidden"] == "met" and got["each distinct prompt encoded once"] == "met"
-    assert got["against the reference"] == "met"
-    # int8 gain 5.5 / 4 = 1.375 < 1 + 0.6 * (2 - 1) = 1.6
-    assert got["int8"] == "not met"
-    assert report.targets(_section(int8=5.0))[0]["status"] == "not met"  # 6 / 5 = 1.2 > 1.15
-    slow = {t["target"].split(":")[0]: t for t in report.targets(_section(ref=2.5, best=4.0, model=8.0))}
+    got = {t["target"].split(":")[0]: t for t in judge.targets(_section(int8=5.5))}
+    # best is the int8 row (5.5 clips/s) against its limit 6 clips/s: 1.09 <= 1.15
+    assert got["FLOP-bound"]["status"] == "met"
+    assert got["decoding hidden"]["status"] == "met" and got["each distinct prompt encoded once"]["status"] == "met"
+    assert got["against the reference"]["status"] == "met"
+    # CPU limit of the int8 row: 2 / (0.2 + 0.3) = 4 clips/s, end to end 5.5 > 85 %.
+    assert got["CPU limit"]["status"] == "met"
+    # int8's limit over fp32's: 6 / 4.5 = 1.33x possible -> need 1.2x; gain 5.5 / 4 = 1.375x
+    assert got["int8"]["status"] == "met" and "at most 1.33x" in got["int8"]["detail"]
+    assert judge.targets(_section(int8=5.0))[0]["status"] == "not met"  # 6 / 5 = 1.2 > 1.15
+    slow = {t["target"].split(":")[0]: t for t in judge.targets(_section(ref=2.5, best=4.0, model=8.0))}
     assert slow["decoding hidden"]["status"] == "not met" and slow["against the reference"]["status"] == "not met"
     assert "impossible on this machine" in slow["against the reference"]["detail"]
+
+
+def test_targets_are_not_judged_on_a_busy_machine():
+    got = judge.targets(_section(int8=5.5, busy=True))
+    by_name = {t["target"].split(":")[0]: t for t in got}
+    assert by_name["FLOP-bound"]["status"] == "not judged: machine busy"
+    assert "(would be: met)" in by_name["FLOP-bound"]["detail"]
+    assert by_name["each distinct prompt encoded once"]["status"] == "met"  # a count, judged whatever the load
 
 
 def test_markdown_and_plots_render(tmp_path):
     section = _section(int8=5.0)
     for row in section["rows"]:
-        row.update(backend=row["name"].split("-")[0], precision=row.get("precision", "fp32"), batch_size=1,
-                   peak_rss_mb=100.0, latency={"1": {"p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "clips_per_s": 2.0},
-                                               "8": {"p50_ms": 4.0, "p95_ms": 5.0, "p99_ms": 6.0, "clips_per_s": 3.0}})
-    section["targets"] = report.targets(section)
+        row.update(batch_size=1, peak_rss_mb=100.0, range={"e2e_clips_per_s": [0.9 * row["e2e_clips_per_s"],
+                                                                                row["e2e_clips_per_s"]]},
+                   latency={"1": {"p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "clips_per_s": 2.0},
+                            "8": {"p50_ms": 4.0, "p95_ms": 5.0, "p99_ms": 6.0, "clips_per_s": 3.0}})
+    section["targets"] = judge.targets(section)
     results = {"command": "x", "machine": report.machine(), "models": {"default": section},
+               "sanity": judge.sanity({"models": {"default": section}}),
+               "whole_process": {"files": "3 files", "commands": {"deramos-rt score": "deramos-rt score m.csv"},
+                                 "rows": {"deramos-rt score": {"seconds": 2.0, "clips_per_s": 1.5, "peak_rss_mb": 200.0,
+                                                               "cpu_s": 1.0, "range": {"seconds": [1.9, 2.2]}}},
+                                 "speedup": 4.1, "agreement": {"mi_max_abs": 1e-6, "ta_max_abs": 2e-6,
+                                                               "clips_compared": 3}},
                "scaling": {"what": "w", "points": [{"clips": 100, "seconds": 1.0, "clips_per_s": 100.0,
                                                       "peak_rss_mb": 10.0, "failed": 0},
                                                      {"clips": 1000, "seconds": 10.0, "clips_per_s": 100.0,
@@ -133,6 +196,8 @@ def test_markdown_and_plots_render(tmp_path):
     assert results["plots"] == ["throughput_vs_batch.png", "latency.png", "scaling.png"]
     text = report_md.render_markdown(json.loads(json.dumps(results)))
     assert "| onnxruntime-int8 |" in text and "**not met**" in text and "![scaling.png]" in text
+    assert "**Sanity check PASSED**" in text and "**4.10x**" in text and "| 2 (1.9-2.2) |" in text
+    assert "| 5 (4.5-5) |" in text  # the int8 row's end to end: median (min-max)
 
 
 def test_unknown_backend_row_is_refused():

@@ -45,9 +45,13 @@ def test_auto_takes_torch_for_a_run_and_int8_on_cpu_when_its_parity_held(tiny_ru
     bundle = load_bundle(tiny_bundle)
     assert [c[:3] for c in _auto_candidates(bundle, "cpu", None)] == [("onnxruntime", "cpu", "int8"),
                                                                        ("onnxruntime", "cpu", "fp32")]
+    # The bundle's export measured both on this CPU: auto takes the faster (int8 within 5 %, the fixed order).
+    from deramos_rt.backends.calibration import cpu_key, measured_order
+
+    expected = measured_order(bundle.manifest, cpu_key(), _auto_candidates(bundle, "cpu", None))[0][0]
     scorer = Scorer(tiny_bundle, device="cpu")
-    assert (scorer.backend.info.name, scorer.backend.info.precision) == ("onnxruntime", "int8")
-    assert "auto: backend onnxruntime int8 on cpu" in caplog.text
+    assert (scorer.backend.info.name, scorer.backend.info.precision) == (expected[0], expected[2])
+    assert f"auto: backend onnxruntime {expected[2]} on cpu" in caplog.text and "measured on this CPU" in caplog.text
     failed = {**bundle.manifest, "variants": {**bundle.variants,
                                               "int8": {**bundle.variants["int8"], "parity": {"status": "failed"}}}}
     assert _auto_candidates(type(bundle)(bundle.root, failed, bundle.sha256), "cpu", None)[0][2] == "fp32"
