@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from deramos_rt.audio import (LONG_AUDIO, MAX_CHANNELS, AudioProtocol, as_float,
                               resamples_anywhere, split_windows, window_weights)
 from deramos_rt.errors import DeramosError
 from deramos_rt.metrics import system_id
+
+log = logging.getLogger(__name__)
 
 # Decode threads on a GPU host: all cores but one (the scoring loop), at most this many.
 MAX_GPU_DECODE_WORKERS = 32
@@ -299,11 +302,30 @@ def default_workers() -> int:
 
 @contextlib.contextmanager
 def single_threaded_blas():
-    """numpy's BLAS on one thread while the block runs (process-wide; restored after)."""
-    from threadpoolctl import threadpool_limits
+    """numpy's BLAS on one thread while the block runs (process-wide), then back to what it was.
 
-    with threadpool_limits(limits=1, user_api="blas"):
+    Only BLAS libraries are selected, so only they are set back: threadpoolctl's plain
+    ``threadpool_limits`` would also reset OpenMP (torch's pool) to the value it had when the block began.
+    Without threadpoolctl (a broken install) the block runs unlimited, with one warning.
+    """
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        _warn_once("threadpoolctl is missing: decode workers share numpy's BLAS threads (slower, same scores); "
+                   "pip install threadpoolctl")
         yield
+        return
+    with ThreadpoolController().select(user_api="blas").limit(limits=1):
+        yield
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
 
 
 # ------------------------------------------------------------------------------------------------ stream

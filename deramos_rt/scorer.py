@@ -179,7 +179,10 @@ class Scorer:
         stream = prepared_stream(requests, self.protocol, self.long_audio, self.threads.decode_workers,
                                  prefetch=max(4 * self.batch_size, 16), native=self.stage.native)
         with job_threads(self.backend, self.threads.backend_threads):
-            yield from self._score_prepared(stream)
+            try:
+                yield from self._score_prepared(stream)
+            finally:
+                stream.close()  # the decode workers stop (and give BLAS its threads back) now, not at GC
 
     def score_manifest(self, manifest, out, resume: bool = True, probs: bool = False,
                        overwrite: bool = False) -> dict:

@@ -253,17 +253,23 @@ class GraphedAudio:
 
     A batch smaller than a captured size is padded with zeros and its rows cut out again (scores do not
     depend on batch mates). Outputs are the graph's own buffers: the caller copies what it keeps before
-    the next call. Captured in ``thread_local`` mode, so the Scorer's other thread may keep working.
+    the next call. A capture that fails is logged once and the graph runs eagerly from then on.
 
     Args:
         torch: the torch module.
         run: the eager audio graph (autocast included): (B, N) tensor -> output tensors.
+        capture: ``capture(run, static_in) -> (replay, static_out)`` (default :func:`cuda_capture`).
     """
 
-    def __init__(self, torch, run: Callable):
+    def __init__(self, torch, run: Callable, capture: Callable | None = None):
         self._torch, self._run = torch, run
+        self._capture_fn = capture or (lambda fn, static_in: cuda_capture(torch, fn, static_in))
         self._graphs: dict[int, tuple] = {}
         self.failed: str | None = None
+
+    @property
+    def sizes(self) -> list[int]:
+        return sorted(self._graphs)
 
     def __call__(self, wave):
         rows = int(wave.shape[0])
@@ -272,33 +278,42 @@ class GraphedAudio:
             if self.failed or len(self._graphs) >= MAX_CUDA_GRAPHS or not self._capture(wave):
                 return self._run(wave)
             size = rows
-        graph, static_in, static_out = self._graphs[size]
+        replay, static_in, static_out = self._graphs[size]
         static_in[:rows].copy_(wave)
         if rows < size:
             static_in[rows:].zero_()
-        graph.replay()
+        replay()
         return tuple(o[:rows] for o in static_out)
 
     def _capture(self, wave) -> bool:
-        torch = self._torch
         static_in = wave.clone()
-        side = torch.cuda.Stream(wave.device)
-        side.wait_stream(torch.cuda.current_stream())
         try:
-            with torch.cuda.stream(side):
-                for _ in range(2):  # lazy initialisation, cached tables and workspaces happen outside the graph
-                    self._run(static_in)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                static_out = self._run(static_in)
+            replay, static_out = self._capture_fn(self._run, static_in)
         except RuntimeError as exc:
             self.failed = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.warning("CUDA graph capture failed, the audio graph runs eagerly: %s", self.failed)
             return False
-        self._graphs[int(wave.shape[0])] = (graph, static_in, tuple(static_out))
+        self._graphs[int(wave.shape[0])] = (replay, static_in, tuple(static_out))
         log.info("audio graph captured as a CUDA graph at batch %d", wave.shape[0])
         return True
+
+
+def cuda_capture(torch, run: Callable, static_in):
+    """Capture ``run(static_in)`` as a CUDA graph: (its replay, its output buffers).
+
+    Two warm-up calls on a side stream first (lazy initialisation, cached tables and workspaces must happen
+    outside the graph); ``thread_local`` capture lets the Scorer's other thread keep working meanwhile.
+    """
+    side = torch.cuda.Stream(static_in.device)
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            run(static_in)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        static_out = run(static_in)
+    return graph.replay, static_out
 
 
 def cuda_graphs_enabled() -> bool:
