@@ -30,8 +30,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 from deramos_rt.audio import AudioProtocol
 from deramos_rt.pipeline import ClipRequest, available_cores, prepare_request, prepared_stream, single_threaded_blas
 

@@ -90,6 +90,14 @@ class HostStage:
         return np.stack([prepared.windows[window] for prepared, window in rows])
 
 
+def handover(protocol, resampler: str) -> str:
+    """What the decode workers hand a device stage, and who resamples (for the Scorer's log line)."""
+    if protocol.resampler == "torchaudio":
+        return f"decode workers hand over native-rate audio, resampled by {resampler}"
+    return ("decode workers resample with soxr (CPU code); clips already at the model's rate are handed over "
+            "as decoded")
+
+
 def input_stage(backend, protocol) -> InputStage:
     """The backend's input stage for ``protocol``, or :class:`HostStage` when it has none."""
     make = getattr(backend, "input_stage", None)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from deramos_rt.backends.base import handover
 from deramos_rt.errors import DeramosError
 
 log = logging.getLogger(__name__)
@@ -141,9 +142,8 @@ class OrtDeviceStage:
         self._sessions: dict[tuple[int, bool], Any] = {}
         self._buffers: dict[int, list] = {}
         self._turn: dict[int, int] = {}
-        what = "an ONNX resampling graph" if protocol.resampler == "torchaudio" else "soxr on the CPU workers"
-        self.description = (f"onnxruntime {io.device_type}:{io.device_id}: decode workers hand over native-rate "
-                            f"audio, resampled by {what}, written into device batch buffers (IOBinding)")
+        self.description = (f"onnxruntime {io.device_type}:{io.device_id}: " + handover(protocol, "an ONNX graph")
+                            + "; windows written into device batch buffers (IOBinding)")
 
     def stage(self, rows: list[tuple[Any, int]]) -> OrtBatch:
         buffer = self._buffer(len(rows))

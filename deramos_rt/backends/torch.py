@@ -17,7 +17,7 @@ On CUDA the data path keeps the GPU fed (:class:`TorchDevicePath`):
 * :class:`GraphedAudio` (torch backend only): the audio graph captured as a CUDA graph at a fixed batch,
   the last batch padded with zeros (a clip's scores never depend on its batch mates). Set
   ``DERAMOS_CUDA_GRAPHS=0`` to run eagerly; a graph that fails to capture is logged once and the backend
-  runs eagerly.
+  runs eagerly. ``DERAMOS_TORCH_COMPILE=1`` also compiles it (``torch.compile``) before capture.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from deramos_rt.backends.base import BackendInfo
+from deramos_rt.backends.base import BackendInfo, handover
 from deramos_rt.errors import DeramosError
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,16 @@ class Streams:
         event = self._torch.cuda.Event()
         event.record()
         return event
+
+    def follow_caller(self) -> None:
+        """Make the copy stream wait for the work the caller queued on its current stream so far."""
+        if self.cuda:
+            self.copy.wait_stream(self._torch.cuda.current_stream())
+
+    def keep_for_copy(self, tensor) -> None:
+        """``tensor`` (the caller's) is read on the copy stream: keep its memory until that is done."""
+        if self.cuda and tensor.is_cuda:
+            tensor.record_stream(self.copy)
 
     def wait(self, event, tensor=None) -> None:
         """Make the current stream wait for ``event``; ``tensor`` (made on another stream) is kept alive for it."""
@@ -165,12 +175,12 @@ class TorchStage:
         self._torch, self.device, self.protocol, self._streams = torch, device, protocol, streams
         self._resampler = TorchResampler(torch, device)
         self._pinned = PinnedStaging(torch) if streams.cuda else None
-        what = "resampled with torch conv1d" if protocol.resampler == "torchaudio" else "soxr on the CPU workers"
-        self.description = (f"{device}: decode workers hand over native-rate audio, {what} on {device}"
-                            + ("; pinned staging, copies on their own stream" if streams.cuda else ""))
+        self.description = f"{device}: " + handover(protocol, f"torch conv1d on {device}") + (
+            "; pinned staging, copies on their own stream" if streams.cuda else "")
 
     def stage(self, rows: list[tuple[Any, int]]) -> Staged:
         clips = list({id(p): p for p, _ in rows}.values())
+        self._streams.follow_caller()  # tensors the caller made on its own stream are complete first
         with self._streams.on(self._streams.copy):
             windows = self._clip_windows(clips)
             batch = self._torch.stack([windows[id(p)][w] for p, w in rows])
@@ -182,13 +192,12 @@ class TorchStage:
         for p in clips:
             groups.setdefault(_group_key(p), []).append(p)
         keys = list(groups)
-        host = {k: [self._host_array(p) for p in groups[k]] for k in keys if k[0] != "tensor"}
+        host = {k: [self._host_array(p) for p in groups[k]] for k in keys if not k[0].startswith("tensor")}
         uploaded = self._upload(host)
         out = {}
         for key in keys:
             members = groups[key]
-            tensor = uploaded[key] if key in uploaded else self._torch.stack(
-                [p.native.signal.reshape(p.native.signal.shape[0], -1) for p in members]).to(self.device)
+            tensor = uploaded[key] if key in uploaded else self._stack_tensors(members)
             windows = self._windows(key, members, tensor)
             per = windows.shape[0] // len(members)
             for i, p in enumerate(members):
@@ -203,6 +212,13 @@ class TorchStage:
         p = members[0]
         return torch_windows(self._resampler, tensor, p.native.rate, self.protocol.sample_rate,
                              self.protocol.num_samples, p.count)
+
+    def _stack_tensors(self, members: list):
+        """Clips given as tensors, stacked as (G, frames, channels) on the backend's device."""
+        signals = [p.native.signal.reshape(p.native.signal.shape[0], -1) for p in members]
+        for signal in signals:
+            self._streams.keep_for_copy(signal)
+        return self._torch.stack(signals).to(self.device)
 
     @staticmethod
     def _host_array(p) -> np.ndarray:
@@ -242,7 +258,7 @@ def _group_key(p) -> tuple:
     if p.native is None:
         return ("host", p.windows.shape)
     signal = p.native.signal
-    kind = "tensor" if not isinstance(signal, np.ndarray) else "array"
+    kind = "array" if isinstance(signal, np.ndarray) else f"tensor on {signal.device}"
     return (kind, p.native.rate, tuple(signal.shape), str(signal.dtype), p.count)
 
 
@@ -316,9 +332,19 @@ def cuda_capture(torch, run: Callable, static_in):
     return graph.replay, static_out
 
 
+def _switch(name: str, default: str) -> bool:
+    return os.environ.get(name, default).strip().lower() not in ("0", "false", "no", "off", "")
+
+
 def cuda_graphs_enabled() -> bool:
     """``DERAMOS_CUDA_GRAPHS`` (default on): 0 / false / no / off runs the audio graph eagerly."""
-    return os.environ.get("DERAMOS_CUDA_GRAPHS", "1").strip().lower() not in ("0", "false", "no", "off")
+    return _switch("DERAMOS_CUDA_GRAPHS", "1")
+
+
+def compile_enabled() -> bool:
+    """``DERAMOS_TORCH_COMPILE`` (default off): 1 compiles the torch backend's audio graph on CUDA with
+    ``torch.compile`` (its first batch then takes tens of seconds to minutes for MuQ-large)."""
+    return _switch("DERAMOS_TORCH_COMPILE", "0")
 
 
 class TorchDevicePath:
@@ -397,10 +423,13 @@ class TorchBackend:
         self._device = torch.device(device)
         self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         self._threads = TorchThreads(torch, threads)
+        # The device path's audio graph; the numpy path (parity, benchmarks) always runs it eagerly.
+        compiled = self._device.type == "cuda" and compile_enabled()
+        self._audio_module = torch.compile(self.audio_part, dynamic=False) if compiled else self.audio_part
         self.device_path = TorchDevicePath(torch, self._device, self._audio_tensors, graphs=True)
         self.overlaps_batches = self.device_path.on_gpu
         self.info = BackendInfo("torch", precision, str(self._device),
-                                f"torch {torch.__version__}, eager, run {source.root}")
+                                f"torch {torch.__version__}, {'compiled' if compiled else 'eager'}, run {source.root}")
 
     def input_stage(self, protocol):
         """On CUDA, batches are prepared on the GPU (:class:`TorchStage`); on the CPU by the decode workers."""
@@ -418,7 +447,7 @@ class TorchBackend:
 
     def _audio_tensors(self, wave):
         with self._context():
-            return self.audio_part(wave)
+            return self._audio_module(wave)
 
     def _run(self, module, *values):
         torch = self._torch
@@ -444,5 +473,5 @@ class TorchBackend:
         return to_host(self._run(self.ta_part, audio_x, np.asarray(text_x, dtype=np.float32), text_mask.astype(np.int64))[0])
 
     def close(self) -> None:
-        self.audio_part = self.text_part = self.ta_part = None
+        self.audio_part = self.text_part = self.ta_part = self._audio_module = None
         self._threads.restore()
