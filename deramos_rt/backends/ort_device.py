@@ -84,9 +84,11 @@ class OrtDeviceIO:
         self.device_type, self.device_id = device_type, int(device_id)
 
     def stage(self, protocol) -> "OrtDeviceStage":
+        """The input stage of this device for ``protocol``."""
         return OrtDeviceStage(self, protocol)
 
     def run_audio(self, batch: OrtBatch) -> tuple[np.ndarray, Any]:
+        """The audio graph on a staged batch: MI to the host, ``audio_x`` left on the device."""
         session = self._sessions["audio"]
         io = session.io_binding()
         io.bind_ortvalue_input("waveform", batch.value)
@@ -98,6 +100,7 @@ class OrtDeviceIO:
         return mi.numpy(), audio_x
 
     def run_ta(self, audio_x, text_x: np.ndarray, text_mask: np.ndarray) -> np.ndarray:
+        """The TA graph reading ``audio_x`` where the audio graph left it."""
         session = self._sessions["ta"]
         io = session.io_binding()
         io.bind_ortvalue_input("audio_x", audio_x)
@@ -108,9 +111,11 @@ class OrtDeviceIO:
         return io.copy_outputs_to_cpu()[0]
 
     def upload(self, array: np.ndarray):
+        """A host array copied into an ``OrtValue`` on the device."""
         return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device_type, self.device_id)
 
     def allocate(self, shape: tuple[int, ...]):
+        """An uninitialised float32 ``OrtValue`` on the device."""
         return self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, self.device_type,
                                                               self.device_id)
 
@@ -146,6 +151,7 @@ class OrtDeviceStage:
                             + "; windows written into device batch buffers (IOBinding)")
 
     def stage(self, rows: list[tuple[Any, int]]) -> OrtBatch:
+        """Each clip's windows written into the rows of one device buffer."""
         buffer = self._buffer(len(rows))
         base, row_bytes = buffer.data_ptr(), self.protocol.num_samples * _FLOAT_BYTES
         for prepared, first, start, count in _segments(rows):
@@ -193,7 +199,11 @@ class OrtDeviceStage:
         if not isinstance(signal, np.ndarray):
             on_device = signal.device.type == self._io.device_type and self._io.device_type != "cpu"
             if on_device:
+                import torch
+
                 tensor = signal.contiguous()
+                # ONNX Runtime reads it on its own stream: what the caller's stream queued must be done.
+                torch.cuda.current_stream(tensor.device).synchronize()
                 io.bind_input("signal", self._io.device_type, self._io.device_id, np.float32, list(tensor.shape),
                               tensor.data_ptr())
                 return tensor

@@ -88,6 +88,7 @@ class Streams:
         self.audio = torch.cuda.Stream(device) if self.cuda else None
 
     def on(self, stream):
+        """Run the block on ``stream`` (a no-op for None)."""
         return self._torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
     def record(self):
@@ -179,6 +180,7 @@ class TorchStage:
             "; pinned staging, copies on their own stream" if streams.cuda else "")
 
     def stage(self, rows: list[tuple[Any, int]]) -> Staged:
+        """The batch's rows as one (B, N) device tensor, prepared on the copy stream."""
         clips = list({id(p): p for p, _ in rows}.values())
         self._streams.follow_caller()  # tensors the caller made on its own stream are complete first
         with self._streams.on(self._streams.copy):
@@ -364,6 +366,7 @@ class TorchDevicePath:
 
     @property
     def on_gpu(self) -> bool:
+        """True on CUDA: the backend then offers the stage and overlapped batches."""
         return self.streams.cuda
 
     def stage(self, protocol) -> TorchStage:
@@ -432,10 +435,12 @@ class TorchBackend:
                                 f"torch {torch.__version__}, {'compiled' if compiled else 'eager'}, run {source.root}")
 
     def input_stage(self, protocol):
-        """On CUDA, batches are prepared on the GPU (:class:`TorchStage`); on the CPU by the decode workers."""
+        """On CUDA, batches are prepared on the GPU (:class:`TorchStage`); on the CPU by the decode workers,
+        which resample in parallel there."""
         return self.device_path.stage(protocol) if self.device_path.on_gpu else None
 
     def job_threads(self, threads: int | None):
+        """torch's CPU threads during a job (see :class:`TorchThreads`)."""
         return self._threads.job(threads)
 
     @contextlib.contextmanager
