@@ -1,91 +1,100 @@
-"""GPU checks (run on a CUDA machine): MuQ-large and DeRA-MOS heads throughput, and a CUDA training run.
+"""GPU correctness checks that time nothing (``benchmarks/gpu_run.sh`` runs them after the benchmark).
 
-``python -m benchmarks.gpu_check --out DIR``. Writes DIR/gpu_check.json. Random weights (cost does not
-depend on their values); 30 s clips; fp32 and bf16 autocast; CUDA-event timing after warm-up.
+``python -m benchmarks.gpu_check --out DIR`` writes DIR/gpu_check.json:
+
+* ``tf32``: what "fp32" computes on CUDA. A tiny torchaudio-protocol model scores the same clips with the
+  torch backend on the CPU (the reference) and on CUDA with TF32 allowed (torch's own defaults: cuDNN
+  convolutions in TF32) and with TF32 off for matmuls and convolutions; the largest |delta MOS| of each
+  against the CPU (issue 27). The device resampler turns cuDNN's TF32 off for itself in both.
+* ``cuda_training``: three epochs of the tiny recipe on CUDA (exit code and test metrics).
+
+The AOTInductor CUDA packages are built and gated by ``tests/export/gpu_aoti_check.py`` and the device data
+path is tested by ``pytest -m gpu``, both also run by ``gpu_run.sh``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
-def timed(fn, repeats: int = 5) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1000 / repeats
+@contextlib.contextmanager
+def tf32(allowed: bool):
+    """TF32 for matmuls and cuDNN convolutions on or off while the block runs."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
-def muq_throughput(report: dict) -> None:
-    from training.backbones import create_backbone
+def _clips(folder: Path) -> list[tuple[str, str]]:
+    import soundfile as sf
 
-    model = create_backbone("audio", "muq", size="large").cuda().eval()
-    for batch in (1, 8, 32):
-        wave = 0.1 * torch.randn(batch, model.contract.num_samples, device="cuda")
-        for dtype in ("fp32", "bf16"):
-            def run():
-                with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=dtype == "bf16"):
-                    return model(wave)
-            seconds = timed(run, repeats=3 if batch == 32 else 5)
-            report[f"muq_{dtype}_batch{batch}_clips_per_s"] = round(batch / seconds, 2)
-            print(json.dumps(report), flush=True)
-    with torch.no_grad():
-        ref = model(0.1 * torch.randn(2, model.contract.num_samples, device="cuda", generator=torch.Generator("cuda").manual_seed(0)))
-        with torch.autocast("cuda", torch.bfloat16):
-            low = model(0.1 * torch.randn(2, model.contract.num_samples, device="cuda", generator=torch.Generator("cuda").manual_seed(0)))
-    report["muq_bf16_vs_fp32_max_rel"] = float((low.float() - ref).abs().max() / ref.abs().max())
-    report["gpu_mem_peak_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    rng = np.random.default_rng(0)
+    out = []
+    for i, (rate, channels) in enumerate([(44100, 2), (22050, 1), (16000, 1), (48000, 2)] * 2):
+        path = folder / f"c{i}.wav"
+        sf.write(path, (0.2 * rng.standard_normal((int(rate * 2.5), channels))).astype(np.float32), rate)
+        out.append((str(path), ["a calm piano piece", "fast drums", "a sad violin melody"][i % 3]))
+    return out
 
 
-def heads_throughput(report: dict) -> None:
-    from training.config import ModelConfig
-    from training.model import DeraMosHeads
+def check_tf32(report: dict, work: Path) -> None:
+    from deramos_rt.scorer import Scorer
+    from export.testing import write_random_run
+    from training.config import BackboneConfig
 
-    heads = DeraMosHeads(ModelConfig(audio_dim=1024, text_dim=768)).cuda().eval()
-    for batch in (24, 256):
-        audio, text = torch.randn(batch, 750, 1024, device="cuda"), torch.randn(batch, 32, 768, device="cuda")
-        mask = torch.ones(batch, 32, dtype=torch.long, device="cuda")
-        with torch.no_grad():
-            seconds = timed(lambda: heads(audio, text, mask))
-        report[f"heads_fp32_batch{batch}_clips_per_s"] = round(batch / seconds, 1)
+    run = write_random_run(work / "run", "tiny", seed=0, resampler="torchaudio",
+                           audio=BackboneConfig("tiny", {"clip_seconds": 2.0}))
+    clips = _clips(work)
+    cpu = Scorer(run, backend="torch", device="cpu").score(clips)
+    out = {"torch_defaults": {"matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                              "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32}}
+    for name, allowed in (("tf32_allowed", True), ("tf32_off", False)):
+        with tf32(allowed):
+            got = Scorer(run, backend="torch", device="cuda").score(clips)
+        out[name] = {"max_abs_delta_mi": max(abs(a.mi - b.mi) for a, b in zip(got, cpu)),
+                     "max_abs_delta_ta": max(abs(a.ta - b.ta) for a, b in zip(got, cpu))}
+    report["tf32"] = out
 
 
-def cuda_training(report: dict) -> None:
+def check_cuda_training(report: dict, work: Path) -> None:
     from training import train
     from training.fixtures import make_fixture_corpus
 
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = make_fixture_corpus(Path(tmp) / "c", n_train=48, n_dev=16, n_test=16)
-        code = train.main(["--data", str(corpus), "--out", f"{tmp}/run", "--recipe", "tiny", "--device", "cuda",
-                           "--epochs", "3", "--cache-dir", f"{tmp}/cache"])
-        report["cuda_training_exit_code"] = code
-        report["cuda_training_test"] = json.loads((Path(tmp) / "run" / "metrics.json").read_text())["test"]["MI"]["utterance"]
+    corpus = make_fixture_corpus(work / "corpus", n_train=48, n_dev=16, n_test=16)
+    code = train.main(["--data", str(corpus), "--out", str(work / "train-run"), "--recipe", "tiny", "--device", "cuda",
+                       "--epochs", "3", "--cache-dir", str(work / "cache")])
+    report["cuda_training_exit_code"] = code
+    metrics = json.loads((work / "train-run" / "metrics.json").read_text())
+    report["cuda_training_test"] = metrics["test"]["MI"]["utterance"]
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
     p.add_argument("--out", default=".")
     args = p.parse_args(argv)
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    for check in (cuda_training, heads_throughput, muq_throughput):
-        try:
-            check(report)
-        except Exception as exc:  # report every check, even when one fails
-            report[f"{check.__name__}_error"] = repr(exc)
+    report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "torch": torch.__version__}
+    if not torch.cuda.is_available():
+        report["skipped"] = "no CUDA GPU"
+    for check in (() if report.get("skipped") else (check_tf32, check_cuda_training)):
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                check(report, Path(tmp))
+            except Exception as exc:  # report every check, even when one fails
+                report[f"{check.__name__}_error"] = f"{type(exc).__name__}: {exc}"
         print(json.dumps(report), flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "gpu_check.json").write_text(json.dumps(report, indent=1))
-    return 0
+    (Path(args.out) / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
+    return 1 if any(k.endswith("_error") for k in report) else 0
 
 
 if __name__ == "__main__":

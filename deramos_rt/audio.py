@@ -1,7 +1,9 @@
 """Audio decoding, resampling and the fixed-length protocol.
 
 This module is the single place where a clip becomes model input, so that training and scoring prepare
-clips identically. It needs numpy, soundfile and soxr only.
+clips identically. It needs numpy, soundfile and soxr only. Where the inference device resamples
+(``deramos_rt.device_resample``), :func:`read_native` hands it the clip at its own rate and the helpers
+below (:func:`resampled_length`, :func:`window_weights`) give the same lengths and weights the host path has.
 
 Protocol (DeRA-MOS): resampled to the encoder's rate, mono by the mean of the channels, then zero-padded
 or truncated (from the start) to exactly ``clip_seconds``. Every clip then has the same length, which is
@@ -30,6 +32,9 @@ MAX_CHANNELS = 8
 # Input decoded past the clip end so that the resampler's filter sees the same neighbours as with the whole
 # file (soxr HQ and torchaudio's kernel reach a few ms; 0.1 s leaves a wide margin).
 DECODE_MARGIN_SECONDS = 0.1
+# Subtypes whose samples int16 holds exactly (see read_native) and the scale libsndfile maps them to [-1, 1) with.
+INT16_SUBTYPES = ("PCM_16", "PCM_S8", "PCM_U8")
+INT16_SCALE = 32768.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,26 @@ def read_audio(path: str | Path, mono: bool = True, max_seconds: float | None = 
     Raises:
         DeramosError: the file is missing, unreadable, empty or has more than :data:`MAX_CHANNELS` channels.
     """
+    data, rate = _read(path, max_seconds, native=False)
+    return (to_mono(data) if mono else data), rate
+
+
+def read_native(path: str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode a file at its own rate, channels kept, for a resampler on the inference device.
+
+    8- and 16-bit PCM files come back as int16 (half the bytes of float32 to hand over and copy to a
+    device; ``int16 / 32768`` is exactly the float32 that :func:`read_audio` decodes), others as float32.
+
+    Returns:
+        (signal (frames, channels) int16 or float32, sample rate).
+
+    Raises:
+        DeramosError: as :func:`read_audio`.
+    """
+    return _read(path, max_seconds, native=True)
+
+
+def _read(path: str | Path, max_seconds: float | None, native: bool) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
     path = Path(path)
@@ -83,16 +108,29 @@ def read_audio(path: str | Path, mono: bool = True, max_seconds: float | None = 
             rate, channels = int(f.samplerate), int(f.channels)
             if channels > MAX_CHANNELS:
                 raise DeramosError(f"audio file has {channels} channels (at most {MAX_CHANNELS} are read): {path}")
-            frames = -1 if max_seconds is None else int(np.ceil((max_seconds + DECODE_MARGIN_SECONDS) * rate))
+            frames = -1 if max_seconds is None else decode_frames(max_seconds, rate)
+            dtype = "int16" if native and f.subtype in INT16_SUBTYPES else "float32"
             # Never trust the header's frame count (some OGG files overstate it): use what decodes.
-            data = f.read(frames=frames, dtype="float32", always_2d=True)
+            data = f.read(frames=frames, dtype=dtype, always_2d=True)
     except DeramosError:
         raise
     except Exception as exc:  # soundfile raises several types; all mean "cannot decode"
         raise DeramosError(f"cannot decode audio file {path}: {exc}") from exc
     if data.shape[0] == 0:
         raise DeramosError(f"audio file has no samples: {path}")
-    return (to_mono(data) if mono else data), rate
+    return data, rate
+
+
+def decode_frames(seconds: float, rate: int) -> int:
+    """Frames decoded for the first ``seconds`` of a clip: those plus :data:`DECODE_MARGIN_SECONDS`."""
+    return int(np.ceil((seconds + DECODE_MARGIN_SECONDS) * rate))
+
+
+def as_float(signal: np.ndarray) -> np.ndarray:
+    """float32 samples of a :func:`read_native` signal (int16 scaled by 1 / 32768, as libsndfile does)."""
+    if signal.dtype == np.int16:
+        return signal.astype(np.float32) / np.float32(INT16_SCALE)
+    return np.asarray(signal, dtype=np.float32)
 
 
 def _not_a_file(path: Path) -> str:
@@ -153,9 +191,8 @@ def fit_length(signal: np.ndarray, num_samples: int) -> np.ndarray:
     return out
 
 
-def protocol_signal(signal: np.ndarray, rate: int, protocol: AudioProtocol) -> np.ndarray:
-    """Mono float32 at the protocol's rate, whole length (no padding or truncation yet)."""
-    signal = np.asarray(signal, dtype=np.float32)
+def check_signal(signal: np.ndarray) -> None:
+    """Refuse what is not audio: not 1-D or (frames, channels), empty, too many channels, NaN / Inf."""
     if signal.ndim not in (1, 2):
         raise DeramosError(f"audio array must be 1-D or (frames, channels), got shape {signal.shape}")
     if signal.shape[0] == 0:
@@ -164,8 +201,14 @@ def protocol_signal(signal: np.ndarray, rate: int, protocol: AudioProtocol) -> n
         hint = (" (arrays are (frames, channels): transpose a (channels, frames) array)"
                 if signal.shape[0] <= MAX_CHANNELS else "")
         raise DeramosError(f"audio has {signal.shape[1]} channels (at most {MAX_CHANNELS} are read){hint}")
-    if not np.all(np.isfinite(signal)):
+    if signal.dtype.kind == "f" and not np.all(np.isfinite(signal)):
         raise DeramosError("audio contains NaN or infinite samples")
+
+
+def protocol_signal(signal: np.ndarray, rate: int, protocol: AudioProtocol) -> np.ndarray:
+    """Mono float32 at the protocol's rate, whole length (no padding or truncation yet)."""
+    signal = np.asarray(signal, dtype=np.float32)
+    check_signal(signal)
     if signal.ndim == 2 and protocol.resampler == "torchaudio":
         # The authors resample each channel, then average (resampling is linear, so this differs from
         # mean-then-resample only by rounding, but the protocol is theirs to the last bit we can match).
@@ -175,9 +218,28 @@ def protocol_signal(signal: np.ndarray, rate: int, protocol: AudioProtocol) -> n
     return resample(signal, rate, protocol.sample_rate, protocol.resampler)
 
 
+def resamples_anywhere(rate: int, protocol: AudioProtocol) -> bool:
+    """True when a clip at ``rate`` can be prepared off the host: no resampling, or the torchaudio
+    resampler (a fixed convolution; soxr runs on the CPU only)."""
+    return rate == protocol.sample_rate or protocol.resampler == "torchaudio"
+
+
+def resampled_length(frames: int, rate: int, target_rate: int) -> int:
+    """Samples a torchaudio-protocol resample of ``frames`` gives: ``ceil(target * frames / rate)``."""
+    return frames if rate == target_rate else -(-target_rate * frames // rate)
+
+
 def prepare(signal: np.ndarray, rate: int, protocol: AudioProtocol) -> np.ndarray:
     """Apply the protocol to an already decoded signal (mono or (frames, channels))."""
     return fit_length(protocol_signal(signal, rate, protocol), protocol.num_samples)
+
+
+def window_weights(length: int, num_samples: int) -> np.ndarray:
+    """Each window's share of real audio when ``length`` samples are cut into windows of ``num_samples``
+    (at least one window; the last one zero-padded)."""
+    count = max(1, -(-length // num_samples))
+    starts = np.arange(count) * num_samples
+    return np.minimum(num_samples, length - starts).astype(np.float64) / num_samples
 
 
 def split_windows(signal: np.ndarray, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -186,13 +248,9 @@ def split_windows(signal: np.ndarray, num_samples: int) -> tuple[np.ndarray, np.
     Returns:
         (windows (W, num_samples) float32, weights (W,) float64 in (0, 1]).
     """
-    count = max(1, -(-signal.shape[0] // num_samples))
-    windows = np.zeros((count, num_samples), dtype=np.float32)
-    weights = np.empty(count, dtype=np.float64)
-    for i in range(count):
-        part = signal[i * num_samples : (i + 1) * num_samples]
-        windows[i, : part.shape[0]] = part
-        weights[i] = part.shape[0] / num_samples
+    weights = window_weights(signal.shape[0], num_samples)
+    windows = np.zeros((len(weights), num_samples), dtype=np.float32)
+    windows.reshape(-1)[: signal.shape[0]] = signal
     return windows, weights
 
 

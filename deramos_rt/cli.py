@@ -46,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--precision", choices=["fp32", "int8", "fp16", "bf16"])
     score.add_argument("--batch-size", type=int, help="windows per inference call (default 8 CPU / 32 GPU)")
     score.add_argument("--decode-workers", "--workers", dest="decode_workers", type=int,
-                       help="threads that decode and resample clips (default: up to 4)")
-    score.add_argument("--threads", type=int, help="CPU threads for the backend")
+                       help="threads that decode (and on the CPU resample) clips (default: all cores but one "
+                            "on a GPU, a quarter of them on the CPU)")
+    score.add_argument("--threads", type=int, help="CPU threads for the backend (default: the cores the decode "
+                                                   "workers leave)")
     score.add_argument("--long-audio", default="truncate", choices=LONG_AUDIO,
                        help="truncate (the paper's protocol) or windows (weighted mean over clip-length windows)")
     score.add_argument("--resume", action="store_true", help="continue OUT.partial / OUT, skipping finished clips")

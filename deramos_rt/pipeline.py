@@ -1,24 +1,44 @@
-"""Clip requests and the decode side of scoring: parallel decode workers behind a bounded prefetch queue.
+"""Clip requests and the decode side of scoring: parallel decode workers behind a bounded prefetch queue,
+and how one job splits the cores between decoding and inference.
 
 Decoding (libsndfile through cffi) and resampling (soxr, numpy) release the GIL, so threads decode in
-parallel and overlap inference on the main thread. The queue is bounded, so memory stays flat however
-many clips a job has, and results come back in input order.
+parallel and overlap inference. numpy's OpenBLAS, however, runs every matrix product on all cores with its
+own threads, and products from several decode threads queue behind each other: the torchaudio-protocol
+resampler (matrix products) then ran at one core's worth however many threads decoded. While decode workers
+run, numpy's BLAS is therefore limited to one thread (``threadpoolctl``, ``user_api="blas"``: torch's OpenMP
+pool and ONNX Runtime's threads are not touched). OpenBLAS's thread count is one setting per process, so
+the limit is taken when the workers start and restored when they stop. :func:`plan_threads` gives the
+backend the cores the decode workers leave.
+
+Where the inference device resamples (a backend's input stage, see ``deramos_rt.backends.base``), the
+workers only decode: ``native=True`` hands over the clip at its own rate (int16 for 16-bit files), and the
+device turns it into model input. The queue is bounded, so memory stays flat however many clips a job has,
+and results come back in input order.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from deramos_rt.audio import LONG_AUDIO, AudioProtocol, fit_length, load_clip, load_windows, protocol_signal, split_windows
+from deramos_rt.audio import (LONG_AUDIO, MAX_CHANNELS, AudioProtocol, as_float, check_signal, decode_frames, fit_length,
+                              load_clip, load_windows, protocol_signal, read_native, resampled_length,
+                              resamples_anywhere, split_windows, window_weights)
 from deramos_rt.errors import DeramosError
 from deramos_rt.metrics import system_id
+
+log = logging.getLogger(__name__)
+
+# Decode threads on a GPU host: all cores but one (the scoring loop), at most this many.
+MAX_GPU_DECODE_WORKERS = 32
 
 
 # The error of a clip scored without a prompt: its MI is given, its TA is not (a job can ask for MI only).
@@ -33,14 +53,15 @@ class ClipRequest:
         path: the audio file, or None for arrays.
         system: the system the clip belongs to (default: the id's ``S###`` part, else empty).
         prompt: the text prompt.
-        array, sample_rate: an in-memory signal (mono (n,) or (frames, channels)).
+        array, sample_rate: an in-memory signal (mono (n,) or (frames, channels)): a numpy array, or a
+            torch tensor, which stays on its device where the backend resamples there.
     """
 
     id: str
     path: str | None
     system: str
     prompt: str
-    array: np.ndarray | None = None
+    array: Any = None
     sample_rate: int | None = None
 
 
@@ -50,6 +71,18 @@ def default_system(clip_id: str) -> str:
         return system_id(clip_id)
     except DeramosError:
         return ""
+
+
+def is_tensor(value) -> bool:
+    """A torch tensor, recognised without importing torch."""
+    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "device")
+
+
+def host_array(value) -> np.ndarray:
+    """A numpy array of ``value`` (a torch tensor is copied to the host when it is on a device)."""
+    if is_tensor(value):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
 
 
 def make_request(item, index: int) -> ClipRequest:
@@ -88,31 +121,85 @@ def make_request(item, index: int) -> ClipRequest:
         clip_id = Path(str(path)).stem if path is not None else f"item{index:06d}"
     system = fields.get("system")
     system = default_system(str(clip_id)) if system in (None, "") else str(system)
-    return ClipRequest(str(clip_id), None if path is None else str(path), system, prompt,
-                       None if array is None else np.asarray(array),
+    if array is not None and not is_tensor(array):
+        array = np.asarray(array)
+    return ClipRequest(str(clip_id), None if path is None else str(path), system, prompt, array,
                        None if fields.get("sample_rate") is None else int(fields["sample_rate"]))
+
+
+def batch_items(batch, sample_rate: int, prompts) -> list[dict]:
+    """Score items from one (B, N) batch of mono signals at one rate (numpy or a torch tensor).
+
+    Args:
+        batch: (B, N) samples; rows stay views of it (a device tensor stays on its device).
+        sample_rate: the rate of every row.
+        prompts: one prompt per row, or one string for all.
+
+    Raises:
+        DeramosError: the batch is not 2-D, the rate is missing, or the prompts do not match the rows.
+    """
+    shape = tuple(batch.shape) if hasattr(batch, "shape") else ()
+    if len(shape) != 2:
+        raise DeramosError(f"a batch of signals must be (batch, samples), got shape {shape or type(batch).__name__}")
+    if sample_rate is None:
+        raise DeramosError("a (batch, samples) signal batch needs its sample_rate")
+    prompts = [prompts] * shape[0] if isinstance(prompts, str) or prompts is None else list(prompts)
+    if len(prompts) != shape[0]:
+        raise DeramosError(f"the batch has {shape[0]} signals but {len(prompts)} prompts")
+    return [{"array": batch[i], "sample_rate": sample_rate, "prompt": prompts[i]} for i in range(shape[0])]
+
+
+@dataclass(frozen=True)
+class NativeAudio:
+    """A clip at its own rate, for an input stage that resamples on the inference device.
+
+    Attributes:
+        signal: (frames, channels) int16 or float32 numpy, or a torch tensor (frames,) / (frames, channels).
+        rate: its sample rate.
+        length: samples at the model's rate once resampled (before padding or cutting to windows).
+    """
+
+    signal: Any
+    rate: int
+    length: int
 
 
 @dataclass
 class Prepared:
-    """A decoded clip: its windows (W, N) and each window's share of real audio, or the decode error."""
+    """A decoded clip: its windows (W, N) and each window's share of real audio, or the decode error.
+
+    ``native`` replaces ``windows`` when the backend's input stage resamples on its device.
+    """
 
     request: ClipRequest
     windows: np.ndarray | None = None
     weights: np.ndarray | None = None
     error: str | None = None
+    native: NativeAudio | None = None
+
+    @property
+    def count(self) -> int:
+        """Windows to score (0 for a clip that failed)."""
+        return 0 if self.error is not None or self.weights is None else len(self.weights)
 
 
-def prepare_request(request: ClipRequest, protocol: AudioProtocol, long_audio: str) -> Prepared:
-    """Decode and prepare one clip with the model's audio protocol; a failure becomes ``error``."""
+def prepare_request(request: ClipRequest, protocol: AudioProtocol, long_audio: str,
+                    native: bool = False) -> Prepared:
+    """Decode and prepare one clip with the model's audio protocol; a failure becomes ``error``.
+
+    Args:
+        request: the clip.
+        protocol: the model's audio protocol.
+        long_audio: ``truncate`` or ``windows``.
+        native: hand over the clip at its own rate where the protocol allows resampling elsewhere
+            (:func:`deramos_rt.audio.resamples_anywhere`); soxr resampling stays here.
+    """
     try:
+        if native:
+            return _prepare_native(request, protocol, long_audio)
         if request.array is not None:
-            signal = protocol_signal(request.array, request.sample_rate, protocol)
-            if long_audio == "windows":
-                windows, weights = split_windows(signal, protocol.num_samples)
-            else:
-                windows, weights = fit_length(signal, protocol.num_samples)[None], np.ones(1)
-        elif long_audio == "windows":
+            return _host_windows(request, host_array(request.array), request.sample_rate, protocol, long_audio)
+        if long_audio == "windows":
             windows, weights = load_windows(request.path, protocol)
         else:
             windows, weights = load_clip(request.path, protocol)[None], np.ones(1)
@@ -125,33 +212,154 @@ def prepare_request(request: ClipRequest, protocol: AudioProtocol, long_audio: s
     return Prepared(request, windows, weights)
 
 
-def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+def _host_windows(request: ClipRequest, signal: np.ndarray, rate: int, protocol: AudioProtocol,
+                  long_audio: str) -> Prepared:
+    """Resample here (numpy or soxr) and cut to the clip length or to windows."""
+    try:
+        signal = protocol_signal(signal, rate, protocol)
+    except DeramosError as exc:
+        raise DeramosError(f"{request.path}: {exc}" if request.path else str(exc)) from exc
+    if long_audio == "windows":
+        windows, weights = split_windows(signal, protocol.num_samples)
+    else:
+        windows, weights = fit_length(signal, protocol.num_samples)[None], np.ones(1)
+    return Prepared(request, windows, weights)
 
+
+def _prepare_native(request: ClipRequest, protocol: AudioProtocol, long_audio: str) -> Prepared:
+    truncate = long_audio == "truncate"
+    if request.array is None:
+        signal, rate = read_native(request.path, protocol.clip_seconds if truncate else None)
+    elif is_tensor(request.array):
+        signal, rate = _checked_tensor(request.array), request.sample_rate
+    else:
+        signal, rate = np.asarray(request.array, dtype=np.float32), request.sample_rate
+        check_signal(signal)
+    if not resamples_anywhere(rate, protocol):  # soxr at another rate: on the CPU, here
+        host = host_array(signal)
+        return _host_windows(request, as_float(host) if host.dtype == np.int16 else host, rate, protocol, long_audio)
+    if truncate:
+        # The part a file is decoded to (clip + margin): the first clip's samples see the same neighbours.
+        signal = signal[: decode_frames(protocol.clip_seconds, rate)]
+    if not is_tensor(signal):
+        signal = np.ascontiguousarray(signal.reshape(signal.shape[0], -1))
+    length = resampled_length(signal.shape[0], rate, protocol.sample_rate)
+    weights = np.ones(1) if truncate else window_weights(length, protocol.num_samples)
+    return Prepared(request, weights=weights, native=NativeAudio(signal, int(rate), length))
+
+
+def _checked_tensor(tensor):
+    """A torch signal checked like an array (one device sync for the finiteness check)."""
+    shape = tuple(tensor.shape)
+    if len(shape) not in (1, 2):
+        raise DeramosError(f"audio tensor must be 1-D or (frames, channels), got shape {shape}")
+    if shape[0] == 0:
+        raise DeramosError("audio has no samples")
+    if len(shape) == 2 and shape[1] > MAX_CHANNELS:
+        raise DeramosError(f"audio has {shape[1]} channels (at most {MAX_CHANNELS} are read)")
+    import torch
+
+    tensor = tensor.detach().to(torch.float32)  # as arrays are read: values kept, never rescaled
+    if not bool(torch.isfinite(tensor).all()):
+        raise DeramosError("audio contains NaN or infinite samples")
+    return tensor
+
+
+# ------------------------------------------------------------------------------------------------ threads
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How one job splits the cores: decode worker threads and the backend's own threads."""
+
+    decode_workers: int
+    backend_threads: int
+    cores: int
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def plan_threads(decode_workers: int | None, backend_threads: int | None, on_gpu: bool,
+                 cores: int | None = None) -> ThreadPlan:
+    """Decode workers and backend threads that do not oversubscribe the cores.
+
+    On a GPU the model waits for decoding, so every core but one decodes; on the CPU inference is most of
+    the work and a quarter of the cores decode (at least one). The backend gets the cores left
+    (``cores - decode workers``, at least 1). Explicit values are kept.
+    """
+    cores = cores or available_cores()
+    if decode_workers is None:
+        decode_workers = min(MAX_GPU_DECODE_WORKERS, cores - 1) if on_gpu else cores // 4
+        decode_workers = max(1, decode_workers)
+    if not backend_threads:
+        backend_threads = max(1, cores - decode_workers)
+    return ThreadPlan(int(decode_workers), int(backend_threads), cores)
+
+
+def default_workers() -> int:
+    """Decode workers when nothing is said: the CPU plan's (see :func:`plan_threads`)."""
+    return plan_threads(None, None, on_gpu=False).decode_workers
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """numpy's BLAS on one thread while the block runs (process-wide), then back to what it was.
+
+    Only BLAS libraries are selected, so only they are set back: threadpoolctl's plain
+    ``threadpool_limits`` would also reset OpenMP (torch's pool) to the value it had when the block began.
+    Without threadpoolctl (a broken install) the block runs unlimited, with one warning.
+    """
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        _warn_once("threadpoolctl is missing: decode workers share numpy's BLAS threads (slower, same scores); "
+                   "pip install threadpoolctl")
+        yield
+        return
+    with ThreadpoolController().select(user_api="blas").limit(limits=1):
+        yield
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+# ------------------------------------------------------------------------------------------------ stream
 
 def prepared_stream(requests: Iterable[ClipRequest], protocol: AudioProtocol, long_audio: str = "truncate",
-                    workers: int | None = None, prefetch: int = 64) -> Iterator[Prepared]:
+                    workers: int | None = None, prefetch: int = 64, native: bool = False) -> Iterator[Prepared]:
     """Prepare clips in ``workers`` threads, at most ``prefetch`` ahead of the consumer, in input order.
 
     Args:
         requests: clips to prepare (consumed lazily).
         protocol: the model's audio protocol.
         long_audio: ``truncate`` or ``windows``.
-        workers: decode threads; 0 decodes on the calling thread; None picks up to 4.
+        workers: decode threads; 0 decodes on the calling thread; None: :func:`default_workers`.
         prefetch: clips decoded ahead of the consumer (bounds memory).
+        native: hand over native-rate audio where the protocol allows (see :func:`prepare_request`).
     """
     if long_audio not in LONG_AUDIO:
         raise DeramosError(f"unknown long-audio mode {long_audio!r}; choose one of: {', '.join(LONG_AUDIO)}")
     workers = default_workers() if workers is None else int(workers)
     if workers <= 0:
         for request in requests:
-            yield prepare_request(request, protocol, long_audio)
+            yield prepare_request(request, protocol, long_audio, native)
         return
     queue: collections.deque = collections.deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deramos-decode") as pool:
+    with single_threaded_blas(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deramos-decode") as pool:
         try:
             for request in requests:
-                queue.append(pool.submit(prepare_request, request, protocol, long_audio))
+                queue.append(pool.submit(prepare_request, request, protocol, long_audio, native))
                 while len(queue) >= max(prefetch, workers):
                     yield queue.popleft().result()
             while queue:

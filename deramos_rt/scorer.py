@@ -3,7 +3,13 @@
 Work is shaped for throughput and for scores that depend on nothing but the clip and its prompt:
 
 * clips are decoded and resampled in worker threads (``deramos_rt.pipeline``) with the model's audio
-  protocol, the same ``deramos_rt.audio`` code training uses;
+  protocol, the same ``deramos_rt.audio`` code training uses; where the backend's input stage resamples
+  on its device (``deramos_rt.backends.base``), the workers only decode, and tensors already on the device
+  are scored where they are;
+* each job splits the cores: decode workers with single-threaded numpy BLAS, the backend on the rest
+  (``pipeline.plan_threads``), its settings restored after the job;
+* on a device backend (``overlaps_batches``) the audio graph of batch k+1 runs in a thread while the TA
+  graph and the bookkeeping of batch k run here; scores and their order are those of the serial loop;
 * batches are formed by clip *window* (one window per clip in ``truncate`` mode, consecutive windows of
   the clip length in ``windows`` mode), whatever file they came from;
 * each distinct prompt goes through the text graph once (bounded LRU by text); the TA graph pairs the
@@ -18,16 +24,19 @@ set and the job goes on; an empty prompt gives MI and a TA error.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from deramos_rt.audio import LONG_AUDIO
+from deramos_rt.backends.base import input_stage, job_threads, overlaps_batches
 from deramos_rt.errors import DeramosError
-from deramos_rt.pipeline import EMPTY_PROMPT, Prepared, make_request, prepared_stream
+from deramos_rt.pipeline import EMPTY_PROMPT, Prepared, batch_items, make_request, plan_threads, prepared_stream
 from deramos_rt.text import check_text_graph, check_token_ids
 
 log = logging.getLogger(__name__)
@@ -65,10 +74,11 @@ class _ClipState:
     """Accumulates a clip's window outputs until every window is in."""
 
     def __init__(self, prepared: Prepared):
+        self.prepared = prepared
         self.request = prepared.request
         self.error = prepared.error
         self.weights = prepared.weights
-        self.left = 0 if prepared.windows is None else len(prepared.windows)
+        self.left = prepared.count
         self.mi = None
         self.ta = None
 
@@ -83,10 +93,11 @@ class Scorer:
         backend: ``auto``, ``onnxruntime``, ``tensorrt``, ``aoti`` or ``torch`` (run directories).
         device: ``cpu``, ``cuda``, ``cuda:N`` (None: the backend's choice).
         batch_size: windows per inference call (None: 8 on CPU, 32 on GPU).
-        decode_workers: threads that decode and resample clips (None: up to 4; 0: on the calling thread).
+        decode_workers: threads that decode (and on the CPU resample) clips; None: every core but one on a
+            GPU, a quarter of the cores on the CPU (at least 1); 0: on the calling thread.
         long_audio: ``truncate`` (the paper's protocol: the first clip-length seconds) or ``windows``.
         precision: ``fp32``, ``int8``, ``fp16`` or ``bf16`` where the backend has it (None: its default).
-        threads: CPU threads for the backend (None: its default).
+        threads: CPU threads for the backend (None: the cores the decode workers leave).
         trust_bundle: let the tensorrt / aoti backends (and ``auto``) load this bundle's native code although
             it is not in the local trust store (``deramos_rt.trust``; ONNX graphs never need it).
 
@@ -110,11 +121,18 @@ class Scorer:
         if decode_workers is not None and int(decode_workers) < 0:
             raise DeramosError(f"decode_workers must be 0 or more, got {decode_workers}")
         self.source = resolve_source(model, backend)
-        self.backend = open_backend(backend, self.source, device, precision, threads, trust_bundle)
-        self.tokenizer = self.source.tokenizer()
-        self.protocol = self.source.protocol
-        # Before any work: the text graph takes every id the tokenizer can produce (docs/security.md).
-        check_text_graph(self.backend.run_text, self.tokenizer.vocab_size, self.source.root)
+        # Sessions that fix their thread count when they open (ONNX Runtime) get the CPU plan's share;
+        # threads that can change per job (torch) follow each job's plan.
+        opened = plan_threads(decode_workers, threads, on_gpu=False).backend_threads
+        self.backend = open_backend(backend, self.source, device, precision, opened, trust_bundle)
+        try:
+            self.tokenizer = self.source.tokenizer()
+            self.protocol = self.source.protocol
+            # Before any work: the text graph takes every id the tokenizer can produce (docs/security.md).
+            check_text_graph(self.backend.run_text, self.tokenizer.vocab_size, self.source.root)
+        except BaseException:
+            self.backend.close()  # a refused model leaves no sessions or device memory behind
+            raise
         on_gpu = self.backend.info.device.startswith(("cuda", "tensorrt"))
         self.batch_size = int(batch_size) if batch_size else (32 if on_gpu else 8)
         cap = getattr(self.backend, "max_batch", None)  # e.g. a TensorRT engine's optimisation profile
@@ -122,8 +140,14 @@ class Scorer:
             log.info("batch size %d capped at %d: the most the %s backend takes per call", self.batch_size, cap,
                      self.backend.info.name)
             self.batch_size = cap
-        self.decode_workers = decode_workers
+        self.threads = plan_threads(decode_workers, threads, on_gpu)
+        self.decode_workers = self.threads.decode_workers
         self.long_audio = long_audio
+        self.stage = input_stage(self.backend, self.protocol)
+        self._overlap = overlaps_batches(self.backend)
+        log.info("audio input: %s; %d decode workers, %d backend threads%s", self.stage.description,
+                 self.threads.decode_workers, self.threads.backend_threads,
+                 "; audio graph of the next batch overlaps this one's TA" if self._overlap else "")
         self._text: collections.OrderedDict[str, tuple[np.ndarray, bool]] = collections.OrderedDict()
         self.counts = collections.Counter()
 
@@ -147,14 +171,19 @@ class Scorer:
 
     # -------------------------------------------------------------------------------------------- API
 
-    def score(self, items: Iterable) -> list[ClipScore]:
+    def score(self, items, sample_rate: int | None = None, prompts=None) -> list[ClipScore]:
         """Score items, one result per item in input order.
 
         Args:
             items: ``(path, prompt)``, ``(array, sample_rate, prompt)`` or dicts with ``path`` (or
-                ``array`` + ``sample_rate``), ``prompt`` and optional ``id`` / ``system``.
+                ``array`` + ``sample_rate``), ``prompt`` and optional ``id`` / ``system``; an array may be a
+                torch tensor, scored on its device without a copy to the host where the backend runs
+                there. Or one (B, N) batch of mono signals (numpy or a tensor) with ``sample_rate`` and
+                ``prompts`` (one per row, or one for all).
+            sample_rate: the rate of a (B, N) batch.
+            prompts: the prompts of a (B, N) batch.
         """
-        return list(self.iter_scores(items))
+        return list(self.iter_scores(items, sample_rate, prompts))
 
     def score_clip(self, audio, *args) -> ClipScore:
         """Score one clip: ``score_clip(path, prompt)`` or ``score_clip(array, sample_rate, prompt)``.
@@ -168,13 +197,20 @@ class Scorer:
         [result] = self.score([_clip_item(audio, args)])
         return result
 
-    def iter_scores(self, items: Iterable) -> Iterator[ClipScore]:
+    def iter_scores(self, items, sample_rate: int | None = None, prompts=None) -> Iterator[ClipScore]:
         """Like :meth:`score`, but streamed: memory stays flat in the number of items."""
-        _refuse_single_clip(items)
+        if hasattr(items, "shape"):
+            items = batch_items(items, sample_rate, prompts)
+        else:
+            _refuse_single_clip(items)
         requests = (make_request(item, i) for i, item in enumerate(items))
-        stream = prepared_stream(requests, self.protocol, self.long_audio, self.decode_workers,
-                                 prefetch=max(4 * self.batch_size, 16))
-        yield from self._score_prepared(stream)
+        stream = prepared_stream(requests, self.protocol, self.long_audio, self.threads.decode_workers,
+                                 prefetch=max(4 * self.batch_size, 16), native=self.stage.native)
+        with job_threads(self.backend, self.threads.backend_threads):
+            try:
+                yield from self._score_prepared(stream)
+            finally:
+                stream.close()  # the decode workers stop (and give BLAS its threads back) now, not at GC
 
     def score_manifest(self, manifest, out, resume: bool = True, probs: bool = False,
                        overwrite: bool = False) -> dict:
@@ -185,44 +221,80 @@ class Scorer:
 
     def score_prepared(self, prepared: Iterable) -> Iterator[ClipScore]:
         """Score already-decoded clips (:class:`deramos_rt.pipeline.Prepared`), in order (Ray actors)."""
-        return self._score_prepared(prepared)
+        plan = plan_threads(0, self.threads.backend_threads, on_gpu=False)
+        with job_threads(self.backend, plan.backend_threads):
+            yield from self._score_prepared(prepared)
 
     # ---------------------------------------------------------------------------------------- batching
 
     def _score_prepared(self, stream: Iterable[Prepared]) -> Iterator[ClipScore]:
+        """Windows in batches through the backend; results as soon as their clip is complete, in order."""
         pending: collections.deque[_ClipState] = collections.deque()
-        batch: list[tuple[_ClipState, int, np.ndarray]] = []
-        for prepared in stream:
-            state = _ClipState(prepared)
-            pending.append(state)
-            for i in range(state.left):
-                batch.append((state, i, prepared.windows[i]))
-                if len(batch) == self.batch_size:
-                    self._run_batch(batch)
-                    batch = []
-                    yield from self._ready(pending)
+        inflight: collections.deque = collections.deque()
+        rows: list[tuple[_ClipState, int]] = []
+        keep = 1 if self._overlap else 0  # batches whose audio graph may run while this thread goes on
+        with self._audio_runner() as run:
+            for prepared in stream:
+                state = _ClipState(prepared)
+                pending.append(state)
+                for window in range(state.left):
+                    rows.append((state, window))
+                    if len(rows) == self.batch_size:
+                        inflight.append(self._launch(run, rows))
+                        rows = []
+                        yield from self._settle(inflight, pending, keep)
+                yield from self._ready(pending)
+            if rows:
+                inflight.append(self._launch(run, rows))
+            yield from self._settle(inflight, pending, 0)
+
+    @contextlib.contextmanager
+    def _audio_runner(self):
+        """Runs the audio graph: in one worker thread when batches overlap, else right here."""
+        if not self._overlap:
+            def run_here(staged):
+                outputs = self.backend.run_audio(staged)
+                return lambda: outputs
+
+            yield run_here
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deramos-audio") as pool:
+            yield lambda staged: pool.submit(self.backend.run_audio, staged).result
+
+    def _launch(self, run: Callable, rows: list[tuple[_ClipState, int]]) -> tuple[list, Callable[[], Any]]:
+        """Stage a batch (its copy to the device overlaps the batch before it) and start its audio graph."""
+        staged = self.stage.stage([(state.prepared, window) for state, window in rows])
+        return rows, run(staged)
+
+    def _settle(self, inflight, pending, keep: int) -> Iterator[ClipScore]:
+        """Finish batches until ``keep`` are in flight, yielding every clip that completes."""
+        while len(inflight) > keep:
+            rows, outputs = inflight.popleft()
+            self._finish_batch(rows, outputs())
             yield from self._ready(pending)
-        if batch:
-            self._run_batch(batch)
-        yield from self._ready(pending)
 
     def _ready(self, pending) -> Iterator[ClipScore]:
         while pending and pending[0].left == 0:
             yield self._finish(pending.popleft())
 
-    def _run_batch(self, batch: list[tuple[_ClipState, int, np.ndarray]]) -> None:
-        waves = np.stack([w for _, _, w in batch])
-        mi, audio_x = self.backend.run_audio(waves)
-        rows = [r for r, (state, _, _) in enumerate(batch) if state.request.prompt.strip()]
-        ta = self._run_ta(audio_x[np.asarray(rows)], [batch[r][0].request.prompt for r in rows]) if rows else None
-        ta_of = dict(zip(rows, ta)) if rows else {}
-        for r, (state, window, _) in enumerate(batch):
+    def _finish_batch(self, rows: list[tuple[_ClipState, int]], outputs: tuple[np.ndarray, Any]) -> None:
+        """TA for the batch's rows and each window's outputs added to its clip."""
+        mi, audio_x = outputs
+        prompts = [state.request.prompt for state, _ in rows]
+        scored = [bool(p.strip()) for p in prompts]
+        ta = None
+        if any(scored):
+            # audio_x may live on a device: the TA graph takes every row; a row without a prompt borrows
+            # another row's (its TA is dropped; rows never affect each other's scores).
+            stand_in = prompts[scored.index(True)]
+            ta = self._run_ta(audio_x, [p if s else stand_in for p, s in zip(prompts, scored)])
+        for r, (state, window) in enumerate(rows):
             weight = float(state.weights[window])
             state.mi = _accumulate(state.mi, mi[r], weight)
-            if r in ta_of:
-                state.ta = _accumulate(state.ta, ta_of[r], weight)
+            if scored[r]:
+                state.ta = _accumulate(state.ta, ta[r], weight)
             state.left -= 1
-        self.counts["windows"] += len(batch)
+        self.counts["windows"] += len(rows)
 
     def _run_ta(self, audio_x: np.ndarray, prompts: list[str]) -> np.ndarray:
         """TA for each row of ``audio_x`` with its prompt (cached ``text_x`` padded to the longest + mask)."""
@@ -251,6 +323,7 @@ class Scorer:
             self._text.popitem(last=False)
 
     def _finish(self, state: _ClipState) -> ClipScore:
+        state.prepared = None  # the clip's audio is no longer needed
         req = state.request
         out = ClipScore(req.id, req.path, req.system, req.prompt, windows=0 if state.weights is None else len(state.weights))
         if state.error is not None:

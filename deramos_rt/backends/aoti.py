@@ -137,7 +137,7 @@ class AotiBackend:
         import torch
         import torch._inductor
 
-        from deramos_rt.backends.torch import TorchThreads
+        from deramos_rt.backends.torch import TorchDevicePath, TorchThreads
 
         aoti = bundle.manifest.get("aoti")
         capability = None
@@ -160,33 +160,53 @@ class AotiBackend:
                 raise DeramosError(f"cannot load AOTInductor package {path}: {exc}") from exc
         self.max_batch = (aoti.get("batch") or [None, None])[1]
         self._threads = TorchThreads(torch, threads)
+        # On CUDA: batches prepared on the GPU, the audio graph in the Scorer's audio thread (backends.torch).
+        self.device_path = TorchDevicePath(torch, self._device, lambda wave: self._call("audio", wave), graphs=False)
+        self.overlaps_batches = self.device_path.on_gpu
         where = aoti.get("gpu", {}).get("name") if self._device.type == "cuda" else " ".join(aoti.get("isa", []))
         self.info = BackendInfo("aoti", aoti.get("precision", "fp32"), str(self._device),
                                 f"torch {torch.__version__}, packages for {where or aoti['device']}")
 
-    def _run(self, graph: str, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-        feed = dict(enumerate(arrays))
-        return tuple(in_chunks(lambda part: self._run_once(graph, *part.values()), feed, self.max_batch))
+    def input_stage(self, protocol):
+        return self.device_path.stage(protocol) if self.device_path.on_gpu else None
 
-    def _run_once(self, graph: str, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    def job_threads(self, threads: int | None):
+        return self._threads.job(threads)
+
+    def _call(self, graph: str, *tensors):
         torch = self._torch
-        tensors = [torch.from_numpy(np.ascontiguousarray(a)).to(self._device) for a in arrays]
+        # The packages are fp32 and gated as such: TF32 (matmul and cuDNN) stays off while they run on CUDA.
         math = fp32_math(torch) if self._device.type == "cuda" else contextlib.nullcontext()
         with torch.inference_mode(), math:
             out = self._graphs[graph](*tensors)
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        return tuple(o.float().cpu().numpy() for o in outs)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
-    def run_audio(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, graph: str, *arrays) -> tuple[np.ndarray, ...]:
+        from deramos_rt.backends.torch import to_device, to_host
+
+        def once(part: dict) -> tuple[np.ndarray, ...]:
+            outs = self._call(graph, *[to_device(self._torch, a, self._device) for a in part.values()])
+            return tuple(to_host(o) for o in outs)
+
+        return tuple(in_chunks(once, dict(enumerate(arrays)), self.max_batch))
+
+    def run_audio(self, waveform) -> tuple[np.ndarray, np.ndarray]:
+        from deramos_rt.backends.torch import Staged
+
+        if isinstance(waveform, Staged):
+            return self.device_path.run_audio(waveform)
         mi, audio_x = self._run("audio", waveform.astype(np.float32, copy=False))
         return mi, audio_x
 
     def run_text(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return self._run("text", input_ids.astype(np.int64), attention_mask.astype(np.int64))[0]
 
-    def run_ta(self, audio_x: np.ndarray, text_x: np.ndarray, text_mask: np.ndarray) -> np.ndarray:
-        return self._run("ta", audio_x.astype(np.float32, copy=False), text_x.astype(np.float32, copy=False),
-                         text_mask.astype(np.int64))[0]
+    def run_ta(self, audio_x, text_x: np.ndarray, text_mask: np.ndarray) -> np.ndarray:
+        if isinstance(audio_x, self._torch.Tensor):
+            self.device_path.adopt(audio_x)
+        else:
+            audio_x = audio_x.astype(np.float32, copy=False)
+        return self._run("ta", audio_x, text_x.astype(np.float32, copy=False), text_mask.astype(np.int64))[0]
 
     def close(self) -> None:
         self._graphs = {}

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from deramos_rt.backends.base import BackendInfo, in_chunks
+from deramos_rt.backends.ort_device import OrtDeviceIO, is_device_value
 from deramos_rt.bundle import GRAPHS, Bundle
 from deramos_rt.errors import DeramosError
 
@@ -237,6 +238,13 @@ class OnnxRuntimeBackend:
         placed = "".join(f"; {g} {p}" for g, p in placements.items() if p)
         self.info = BackendInfo("onnxruntime", precision, name,
                                 f"providers={','.join(active)}; onnxruntime {ort.__version__}{placed}")
+        # GPU providers: batches prepared on the device, audio_x kept there (backends/ort_device.py).
+        self._device_io = None if kind == "cpu" else OrtDeviceIO(
+            ort, self._sessions, self._outputs, self._providers(kind, index, precision, "audio"), "cuda", index)
+        self.overlaps_batches = self._device_io is not None
+
+    def input_stage(self, protocol):
+        return self._device_io.stage(protocol) if self._device_io else None
 
     def _providers(self, kind: str, index: int, precision: str, graph: str) -> list:
         if kind == "cpu":
@@ -295,6 +303,8 @@ class OnnxRuntimeBackend:
                                f"{_one_line(exc)}") from exc
 
     def run_audio(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._device_io and is_device_value(waveform):
+            return self._device_io.run_audio(waveform)
         wave = np.ascontiguousarray(waveform, dtype=np.float32)
         if wave.ndim != 2:
             raise DeramosError(f"run_audio expects a (batch, samples) waveform array, got shape {wave.shape}")
@@ -324,6 +334,8 @@ class OnnxRuntimeBackend:
         return out
 
     def run_ta(self, audio_x: np.ndarray, text_x: np.ndarray, text_mask: np.ndarray) -> np.ndarray:
+        if self._device_io and is_device_value(audio_x):
+            return self._device_io.run_ta(audio_x, text_x, text_mask)
         feed = {"audio_x": np.ascontiguousarray(audio_x, dtype=np.float32),
                 "text_x": np.ascontiguousarray(text_x, dtype=np.float32),
                 "text_mask": np.ascontiguousarray(text_mask, dtype=np.int64)}

@@ -8,7 +8,7 @@ HEAVY = ("torch", "onnxruntime", "tensorrt", "transformers", "training", "export
 def test_runtime_imports_no_heavy_frameworks():
     code = (
         "import sys, deramos_rt, deramos_rt.audio, deramos_rt.text, deramos_rt.console, deramos_rt.scorer, "
-        "deramos_rt.manifest, deramos_rt.scorefile, deramos_rt.jobs, deramos_rt.source, deramos_rt.models, deramos_rt.cli, deramos_rt.pipeline, deramos_rt.backends;"
+        "deramos_rt.manifest, deramos_rt.scorefile, deramos_rt.jobs, deramos_rt.source, deramos_rt.models, deramos_rt.cli, deramos_rt.pipeline, deramos_rt.backends, deramos_rt.device_resample, deramos_rt.backends.ort_device, deramos_rt.backends.torch;"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules];"
         "print(','.join(heavy))"
     )

@@ -87,6 +87,19 @@ def test_tiny_output_rate_and_batch_independence():
     assert (both[0] - alone[0]).abs().max() < 1e-5 and (both[0] - mates[0]).abs().max() < 1e-5
 
 
+def test_encoder_without_a_mask_equals_transformers_forward():
+    """MuQ runs the conformer's layers without transformers' (all-zero) mask, which CUDA graphs cannot capture."""
+    from training.backbones.muq import unpadded_conformer
+
+    torch.manual_seed(1)
+    model = create_backbone("audio", "muq", size="tiny", clip_seconds=2.0).eval()
+    hidden = model.model.conv(model.frontend(torch.randn(2, model.contract.num_samples)))
+    with torch.no_grad():
+        ours = unpadded_conformer(model.model.conformer, hidden)
+        theirs = model.model.conformer(hidden).last_hidden_state
+    assert torch.equal(ours, theirs)
+
+
 def _published_style_state(model):
     """The tiny model's tensors plus the keys the real checkpoint carries that we ignore."""
     state = {k: torch.randn_like(v) if v.is_floating_point() and not k.endswith("inv_freq") else v

@@ -193,8 +193,20 @@ class MuQBackbone(AudioBackbone):
         self.model = MuQModel(self.dims)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        x = self.model.conv(self.frontend(waveform))
-        return self.model.conformer(x).last_hidden_state
+        return unpadded_conformer(self.model.conformer, self.model.conv(self.frontend(waveform)))
+
+
+def unpadded_conformer(encoder, hidden: torch.Tensor) -> torch.Tensor:
+    """``Wav2Vec2ConformerEncoder``'s forward for unpadded clips (MuQ's fixed length): its layers without a mask.
+
+    transformers builds an all-zero attention mask here when it sees tracing or CUDA graph capture, in some
+    versions from a CPU scalar, which capture refuses (the H200 run of 2026-11-27); adding zeros changes
+    nothing. Dropout and layer drop are off in eval mode (the encoder is frozen).
+    """
+    positions = encoder.embed_positions(hidden) if encoder.embed_positions is not None else None
+    for layer in encoder.layers:
+        hidden = layer(hidden, attention_mask=None, relative_position_embeddings=positions)
+    return encoder.layer_norm(hidden)
 
 
 def build_audio(name: str = "muq", size: str = "large", clip_seconds: float = 30.0,
