@@ -73,6 +73,7 @@ class Clip:
     path: str | None
     scores: dict[str, float] = field(default_factory=dict)  # metric -> score; NaN when not scored
     probs: dict[str, np.ndarray | None] = field(default_factory=dict)
+    spread: dict[str, float] = field(default_factory=dict)  # an ensemble's members' SD per metric (NaN: none)
     error: str = ""
     labels: dict[str, float] = field(default_factory=dict)
     invalid: dict[str, str] = field(default_factory=dict)  # metric -> the NaN / inf / out-of-range value
@@ -158,6 +159,7 @@ def _clip(row: dict, where: str) -> Clip:
         if not _blank(raw) and math.isnan(clip.scores[metric]):  # a written NaN, unlike an empty cell
             clip.invalid[metric] = str(raw).strip()
         clip.probs[metric] = _probs(row.get(f"{metric}_probs"), f"{where} {metric}_probs")
+        clip.spread[metric] = _float(row.get(f"{metric}_std"), f"{where} {metric}_std")
         if predictions:
             clip.labels[metric] = _float(row.get(f"{metric}_true"), f"{where} {metric}_true")
     return clip
@@ -615,18 +617,27 @@ def _clip_record(clip: Clip, metrics: tuple[str, ...]) -> dict:
     for metric in metrics:
         record[metric] = clip.scores.get(metric, math.nan)
         record[f"{metric}_sd"] = clip_sd(clip.probs.get(metric))
+        record[f"{metric}_spread"] = clip.spread.get(metric, math.nan)
         if metric in clip.labels:
             record[f"{metric}_human"] = clip.labels[metric]
     return record
 
 
+def uncertainty_key(systems: dict[str, list[Clip]], metrics: tuple[str, ...]) -> str:
+    """What ranks a clip's uncertainty: an ensemble's members' spread when the score file has it (the members
+    disagree), else the predicted distribution's SD (one model unsure of itself)."""
+    spread = any(math.isfinite(c.spread.get(m, math.nan)) for clips in systems.values() for c in clips for m in metrics)
+    return "spread" if spread else "sd"
+
+
 def _listen(systems: dict[str, list[Clip]], metrics: tuple[str, ...], k: int = 3) -> dict[str, dict]:
-    """Per system: the most uncertain clips (largest mean predicted SD) and the lowest scored per metric."""
+    """Per system: the most uncertain clips (see :func:`uncertainty_key`) and the lowest scored per metric."""
     out = {}
+    key = uncertainty_key(systems, metrics)
     for name, clips in systems.items():
         records = [_clip_record(c, metrics) for c in clips]
-        with_sd = [r for r in records if any(math.isfinite(r[f"{m}_sd"]) for m in metrics)]
-        uncertain = sorted(with_sd, key=lambda r: -np.nanmean([r[f"{m}_sd"] for m in metrics]))[:k]
+        with_sd = [r for r in records if any(math.isfinite(r[f"{m}_{key}"]) for m in metrics)]
+        uncertain = sorted(with_sd, key=lambda r: -np.nanmean([r[f"{m}_{key}"] for m in metrics]))[:k]
         lowest = {m: sorted([r for r in records if math.isfinite(r[m])], key=lambda r: r[m])[:k]
                   for m in metrics}
         failed = [r for r in records if r["error"]][:k]
@@ -779,6 +790,7 @@ def compare(scores, labels=None, baseline=None, metrics=("mi", "ta"), resamples=
         _system_intervals(result, systems, metric, by_prompt, resamples, rng)
         _metric_analysis(result, systems, metric, baseline, pairs, by_prompt, resamples, rng)
     result["listen"] = _listen(systems, metrics)
+    result["uncertainty"] = uncertainty_key(systems, metrics)
     if labelled:
         for metric in metrics:
             result["labels"][metric] = {**_label_metrics(clips, metric, resamples, rng),

@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import json
+import math
 import os
 from pathlib import Path
 from urllib.parse import quote
@@ -271,8 +272,15 @@ def _audio_src(path: str | None, out_dir: Path, base: Path) -> str | None:
     return quote(Path(relative).as_posix())
 
 
+def _clip_score(record: dict, metric: str) -> str:
+    """``MI 3.21 (SD 0.40)``, with the ensemble members' spread when the score file has it."""
+    spread = record.get(metric + "_spread")
+    extra = f"; members' spread {_fmt(spread, 2)}" if spread is not None and math.isfinite(spread) else ""
+    return f"{metric.upper()} {_fmt(record[metric], 2)} (SD {_fmt(record[metric + '_sd'], 2)}{extra})"
+
+
 def _clip_html(record: dict, metrics: list[str], out_dir: Path, base: Path) -> str:
-    scores = ", ".join(f"{m.upper()} {_fmt(record[m], 2)} (SD {_fmt(record[m + '_sd'], 2)})" for m in metrics)
+    scores = ", ".join(_clip_score(record, m) for m in metrics)
     human = ", ".join(f"human {m.upper()} {_fmt(record[m + '_human'], 1)}" for m in metrics
                       if record.get(m + "_human") is not None)
     src = _audio_src(record["path"], out_dir, base)
@@ -285,8 +293,11 @@ def _clip_html(record: dict, metrics: list[str], out_dir: Path, base: Path) -> s
 
 def _listen_html(results: dict, out_dir: Path, base: Path) -> str:
     metrics = results["inputs"]["metrics"]
-    parts = ["<h2>Clips worth listening to</h2><p>Per system: the clips whose predicted distribution is "
-             "widest (the model is least sure) and the lowest-scored clips.</p>"]
+    ranked = ("whose ensemble members disagree most (the largest spread of their scores)"
+              if results.get("uncertainty") == "spread" else
+              "whose predicted distribution is widest (the model is least sure)")
+    parts = [f"<h2>Clips worth listening to</h2><p>Per system: the clips {ranked} and the lowest-scored "
+             "clips.</p>"]
     for name, entry in results["listen"].items():
         parts.append(f"<h3>{html.escape(name)}</h3>")
         groups = [("most uncertain", entry["uncertain"])]

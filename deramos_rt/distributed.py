@@ -12,7 +12,7 @@ then ``OUT/systems.csv`` (per-system summary) and, when asked and ``deramos_rt.c
 the comparison report.
 
 Output: every file in ``OUT/scores/`` holds rows of the score-file contract (``id, path, system, prompt,
-mi, ta, error``, with ``probs`` ``mi_probs, ta_probs`` (JSON text in CSV, lists in Parquet), then the
+mi, ta, mi_std, ta_std, error``, with ``probs`` ``mi_probs, ta_probs`` (JSON text in CSV, lists in Parquet), then the
 provenance ``backend, precision, bundle, deramos_rt``). Paths are absolute (workers may run on other
 machines or in other folders). A clip that cannot be decoded or scored gets ``error`` exactly as in the
 single-process path, because decoding and scoring are the same functions.
@@ -188,7 +188,7 @@ def results_table(results: Iterable, provenance: dict, probs: bool, file_format:
 
     results = list(results)
     probs_type = pa.string() if file_format == "csv" else pa.list_(pa.float64())
-    fields = [(c, pa.float64() if c in ("mi", "ta") else pa.string()) for c in BASE_COLUMNS]
+    fields = [(c, pa.float64() if c in ("mi", "ta", "mi_std", "ta_std") else pa.string()) for c in BASE_COLUMNS]
     fields += [(c, probs_type) for c in PROB_COLUMNS] if probs else []
     fields += [(c, pa.string()) for c in PROVENANCE]
     data = {c: [getattr(r, c) for r in results] for c in BASE_COLUMNS}

@@ -3,7 +3,8 @@
 Every tool that writes or reads per-clip scores goes through this module: the single-process job
 (``deramos_rt.jobs``), the Ray job (``deramos_rt.distributed``) and the comparison (``deramos_rt.compare``).
 
-Score file (CSV or JSONL by extension): ``id, path, system, prompt, mi, ta, error``, with ``probs``
+Score file (CSV or JSONL by extension): ``id, path, system, prompt, mi, ta, mi_std, ta_std, error`` (the
+``*_std`` cells: an ensemble's members' spread, empty for one model), with ``probs``
 ``mi_probs, ta_probs``, then the provenance ``backend, precision, bundle, deramos_rt``. A failed clip has
 ``error`` set and empty (CSV) / null (JSONL) scores; in CSV a float is written with ``repr`` (exact round
 trip) and a distribution as JSON text. Rows go to ``OUT.partial``, flushed every few rows; the finished
@@ -31,7 +32,7 @@ from deramos_rt.errors import DeramosError
 log = logging.getLogger(__name__)
 
 FORMATS = (".csv", ".jsonl")
-BASE_COLUMNS = ("id", "path", "system", "prompt", "mi", "ta", "error")
+BASE_COLUMNS = ("id", "path", "system", "prompt", "mi", "ta", "mi_std", "ta_std", "error")
 PROB_COLUMNS = ("mi_probs", "ta_probs")
 PROVENANCE = ("backend", "precision", "bundle", "deramos_rt")
 SUMMARY_COLUMNS = ("system", "clips", "failed", "mi_n", "mi_mean", "ta_n", "ta_mean")
@@ -101,7 +102,8 @@ def number(value) -> float | None:
 def result_record(result, provenance: dict, probs: bool) -> dict:
     """The row of one :class:`~deramos_rt.scorer.ClipScore` (JSON-safe values; None for missing)."""
     record = {"id": result.id, "path": result.path, "system": result.system, "prompt": result.prompt,
-              "mi": result.mi, "ta": result.ta, "error": result.error}
+              "mi": result.mi, "ta": result.ta, "mi_std": result.mi_std, "ta_std": result.ta_std,
+              "error": result.error}
     if probs:
         record["mi_probs"], record["ta_probs"] = result.mi_probs, result.ta_probs
     record.update(provenance)

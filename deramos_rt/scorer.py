@@ -35,6 +35,7 @@ import numpy as np
 
 from deramos_rt.audio import LONG_AUDIO
 from deramos_rt.backends.base import input_stage, job_threads, overlaps_batches
+from deramos_rt.ensemble import add_member_axis, combine
 from deramos_rt.errors import DeramosError
 from deramos_rt.pipeline import EMPTY_PROMPT, Prepared, batch_items, make_request, plan_threads, prepared_stream
 from deramos_rt.text import check_text_graph, check_token_ids
@@ -51,7 +52,10 @@ class ClipScore:
     Attributes:
         id, path, system, prompt: as given (path is None for in-memory audio).
         mi, ta: expected scores in [1, 5]; None when not scored.
-        mi_probs, ta_probs: the 20-bin distributions (distribution heads), else None.
+        mi_probs, ta_probs: the 20-bin distributions (distribution heads), else None; for an ensemble the
+            mean of its members' distributions (``mi`` / ``ta`` are their expected scores).
+        mi_std, ta_std: an ensemble's spread: the standard deviation (ddof 0) of its members' scores for the
+            clip; None for a single model.
         error: None when both scores were given, else why not (one line).
         prompt_truncated: the prompt was longer than the model's token limit and was cut.
         windows: how many windows of the clip length were scored.
@@ -65,6 +69,8 @@ class ClipScore:
     ta: float | None = None
     mi_probs: list[float] | None = None
     ta_probs: list[float] | None = None
+    mi_std: float | None = None
+    ta_std: float | None = None
     error: str | None = None
     prompt_truncated: bool = False
     windows: int = 0
@@ -143,6 +149,7 @@ class Scorer:
         self.threads = plan_threads(decode_workers, threads, on_gpu)
         self.decode_workers = self.threads.decode_workers
         self.long_audio = long_audio
+        self._ensemble = bool(getattr(self.source, "members", None))  # outputs carry a member axis
         self.stage = input_stage(self.backend, self.protocol)
         self._overlap = overlaps_batches(self.backend)
         log.info("audio input: %s; %d decode workers, %d backend threads%s", self.stage.description,
@@ -317,7 +324,8 @@ class Scorer:
         text_x = self.backend.run_text(tokens.input_ids, tokens.attention_mask)
         for i, p in enumerate(new):
             real = int(tokens.attention_mask[i].sum())
-            self._text[p] = (np.array(text_x[i, :real], dtype=np.float32), tokens.truncated[i])
+            # The token axis is second to last: (L, d) per prompt, (M, L, d) for an ensemble.
+            self._text[p] = (np.array(text_x[i, ..., :real, :], dtype=np.float32), tokens.truncated[i])
             self.counts["prompts_encoded"] += 1
         while len(self._text) > TEXT_CACHE_SIZE:
             self._text.popitem(last=False)
@@ -331,9 +339,9 @@ class Scorer:
             self.counts["failed"] += 1
             return out
         total = float(np.sum(state.weights))
-        out.mi, out.mi_probs = self._expected(state.mi / total)
+        out.mi, out.mi_probs, out.mi_std = self._expected(state.mi / total)
         if state.ta is not None:
-            out.ta, out.ta_probs = self._expected(state.ta / total)
+            out.ta, out.ta_probs, out.ta_std = self._expected(state.ta / total)
             entry = self._text.get(req.prompt)
             out.prompt_truncated = bool(entry and entry[1])
             self.counts["prompts_truncated"] += out.prompt_truncated
@@ -343,10 +351,17 @@ class Scorer:
         self.counts["scored" if out.error is None else "partial"] += 1
         return out
 
-    def _expected(self, value: np.ndarray) -> tuple[float, list[float] | None]:
-        if self.source.head == "distribution":
-            return float(value @ self.source.bins), [float(v) for v in value]
-        return float(value), None
+    def _expected(self, value: np.ndarray) -> tuple[float, list[float] | None, float | None]:
+        """(score, distribution, members' spread) of a clip's (window-weighted) head output.
+
+        One model is an ensemble of one (no spread); an ensemble's score is the expected score of its
+        members' mean distribution (scalar heads: the mean score).
+        """
+        bins = self.source.bins if self.source.head == "distribution" else None
+        members = value if self._ensemble else add_member_axis(value, bins)
+        combined = combine(members, bins)
+        probs = None if combined.probs is None else [float(v) for v in combined.probs]
+        return float(combined.score), probs, None if combined.std is None else float(combined.std)
 
 
 def _clip_item(audio, args: tuple) -> dict:

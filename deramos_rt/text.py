@@ -150,13 +150,17 @@ def check_text_graph(run_text, vocab_size: int, source) -> None:
 
 
 def pad_sequences(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-pad (L_i, D) float arrays to (B, max L, D) float32 with a mask (B, max L) int64 (1 = real)."""
-    length = max(s.shape[0] for s in seqs)
-    out = np.zeros((len(seqs), length, seqs[0].shape[1]), dtype=np.float32)
+    """Zero-pad (..., L_i, D) float arrays to (B, ..., max L, D) float32 with a mask (B, max L) int64 (1 = real).
+
+    The token axis is second to last: one model's ``text_x`` is (L, D) per prompt, an ensemble's (M, L, D).
+    """
+    length = max(s.shape[-2] for s in seqs)
+    lead = seqs[0].shape[:-2]
+    out = np.zeros((len(seqs), *lead, length, seqs[0].shape[-1]), dtype=np.float32)
     mask = np.zeros((len(seqs), length), dtype=np.int64)
     for i, s in enumerate(seqs):
-        out[i, : s.shape[0]] = s
-        mask[i, : s.shape[0]] = 1
+        out[i, ..., : s.shape[-2], :] = s
+        mask[i, : s.shape[-2]] = 1
     return out, mask
 
 
