@@ -44,6 +44,7 @@ from typing import Iterable
 import numpy as np
 
 from deramos_rt.errors import EXIT_OK, EXIT_PARTIAL, DeramosError
+from deramos_rt.jobs import OutputLock
 from deramos_rt.scorefile import BASE_COLUMNS, PROB_COLUMNS, PROVENANCE, columns, write_rows, write_summary
 
 log = logging.getLogger(__name__)
@@ -438,34 +439,39 @@ def score_dataset(manifest, out, bundle=None, actors: int = 2, gpus_per_actor: f
     manifest = Path(manifest).resolve()  # workers may run elsewhere: give them absolute clip paths
     total = check_manifest(manifest)
     out = Path(out).resolve()
-    _refuse_existing(out / SCORES_DIR, resume, overwrite)  # before starting Ray: fail fast
-    ray, started = ray_session(address, actors * cpus_per_actor + decode_cpus, temp_dir)
-    try:
-        check_resources(ray, actors, cpus_per_actor, gpus_per_actor, decode_cpus, strict=not address)
-        protocol, identity = model_identity(ray, bundle, backend, device, gpus_per_actor)
-        before = prepare_output(out, file_format, probs, identity, resume, overwrite)
-        done = {str(row["id"]) for row in before}
-        todo = [_row(r) for r in iter_manifest(manifest) if r.id not in done]
-        # CPU actors stay on the CPU even on a node with GPUs (those belong to the GPU actors).
-        device = device or (None if gpus_per_actor else "cpu")
-        options = {"backend": backend, "device": device, "precision": precision, "batch_size": batch_size,
-                   "threads": threads or (None if gpus_per_actor else max(1, int(cpus_per_actor))),
-                   "decode_workers": 0, "long_audio": long_audio}
-        if todo:
-            _run_pipeline(ray, todo, out / SCORES_DIR, protocol, bundle, identity, options, probs, file_format,
-                          actors, cpus_per_actor, gpus_per_actor, decode_cpus, rows_per_file, max_restarts)
-    finally:
-        if started:
-            ray.shutdown()
-    rows = read_results(out, file_format)
-    _check_complete(rows, todo, out / SCORES_DIR)
-    summary = write_summary(rows, out / SUMMARY_FILE)
-    new = {r["id"] for r in todo}
-    failed = sum(1 for r in rows if str(r["id"]) in new and r.get("error"))
-    failed_before = sum(1 for r in before if r.get("error"))
-    report_dir = write_report(rows, Path(report), probs) if report else None
-    return RayJobReport(out, out / SCORES_DIR, summary, report_dir, total, len(done), len(todo) - failed, failed,
-                        failed_before, time.perf_counter() - start)
+    if out == manifest or out.is_file():
+        raise DeramosError(f"--out {out} is {'the manifest' if out == manifest else 'a file'}: a Ray job writes a "
+                           "folder (scores/ and systems.csv); give a new or existing output folder")
+    # One job per output folder at a time, as for single-process jobs (OUT.lock beside the folder).
+    with OutputLock(out):
+        _refuse_existing(out / SCORES_DIR, resume, overwrite)  # before starting Ray: fail fast
+        ray, started = ray_session(address, actors * cpus_per_actor + decode_cpus, temp_dir)
+        try:
+            check_resources(ray, actors, cpus_per_actor, gpus_per_actor, decode_cpus, strict=not address)
+            protocol, identity = model_identity(ray, bundle, backend, device, gpus_per_actor)
+            before = prepare_output(out, file_format, probs, identity, resume, overwrite)
+            done = {str(row["id"]) for row in before}
+            todo = [_row(r) for r in iter_manifest(manifest) if r.id not in done]
+            # CPU actors stay on the CPU even on a node with GPUs (those belong to the GPU actors).
+            device = device or (None if gpus_per_actor else "cpu")
+            options = {"backend": backend, "device": device, "precision": precision, "batch_size": batch_size,
+                       "threads": threads or (None if gpus_per_actor else max(1, int(cpus_per_actor))),
+                       "decode_workers": 0, "long_audio": long_audio}
+            if todo:
+                _run_pipeline(ray, todo, out / SCORES_DIR, protocol, bundle, identity, options, probs, file_format,
+                              actors, cpus_per_actor, gpus_per_actor, decode_cpus, rows_per_file, max_restarts)
+        finally:
+            if started:
+                ray.shutdown()
+        rows = read_results(out, file_format)
+        _check_complete(rows, todo, out / SCORES_DIR)
+        summary = write_summary(rows, out / SUMMARY_FILE)
+        new = {r["id"] for r in todo}
+        failed = sum(1 for r in rows if str(r["id"]) in new and r.get("error"))
+        failed_before = sum(1 for r in before if r.get("error"))
+        report_dir = write_report(rows, Path(report), probs) if report else None
+        return RayJobReport(out, out / SCORES_DIR, summary, report_dir, total, len(done), len(todo) - failed, failed,
+                            failed_before, time.perf_counter() - start)
 
 
 def _check_arguments(actors, gpus_per_actor, cpus_per_actor, file_format, long_audio, rows_per_file,

