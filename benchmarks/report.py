@@ -436,10 +436,27 @@ def scaling_section(args, results: dict, save) -> None:
 
 # Sections after the models, in order: (results key, function, whether this run wants it). Each needs the
 # default model's bundle (args.scaling_spec). A new section (e.g. a decode-only table) is one entry here.
+def decode_section(args, results: dict, save) -> None:
+    """Decode-only clips/s by worker count (issue 21's table), both resamplers and the native hand-over."""
+    from benchmarks.decode_scaling import decode_table, environment, write_flac_clips
+
+    files = {s: write_flac_clips(args.work / "decode" / f"{int(s)}s", args.decode_clips, s) for s in (10.0, 30.0)}
+    log(f"decode scaling: {args.decode_clips} files of 10 s and 30 s (44.1 kHz stereo FLAC), best of {args.repeats}")
+    mark, before = args.monitor.mark(), os.getloadavg()
+    rows = decode_table(files, repeats=args.repeats)
+    load = {**load_verdict(before, args.monitor.summary(mark)), "load_after": [round(x, 2) for x in os.getloadavg()]}
+    for row in rows if load["busy"] else ():  # a busy machine's scaling says nothing about the code
+        row["target_met_if_quiet"], row["target_met"] = row["target_met"], None
+    results["decode_scaling"] = {"rows": rows, "environment": environment(), "load": load}
+    save()
+
+
 SECTIONS = (
-    ("whole_process", whole_section, lambda args: args.whole_clips > 0),
-    ("startup", startup_section, lambda args: not args.no_startup),
-    ("scaling", scaling_section, lambda args: bool(args.scaling)),
+    # (name, section, wanted): the built-in model's sections need its bundle (scaling_spec); decoding needs none.
+    ("whole_process", whole_section, lambda args: args.whole_clips > 0 and args.scaling_spec is not None),
+    ("decode_scaling", decode_section, lambda args: args.decode_clips > 0),
+    ("startup", startup_section, lambda args: not args.no_startup and args.scaling_spec is not None),
+    ("scaling", scaling_section, lambda args: bool(args.scaling) and args.scaling_spec is not None),
 )
 
 
@@ -462,6 +479,8 @@ def parse_args(argv):
                    help="files in the whole-process row (default 240; --quick 48; 0 = skip)")
     p.add_argument("--scaling", default=None, help="clip counts (default 100,1000; --quick 100; 0 = none)")
     p.add_argument("--scaling-batch", type=int, default=16)
+    p.add_argument("--decode-clips", type=int, default=None,
+                   help="files per clip length for the decode-only scaling table (default 32, --quick 8; 0 skips it)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-startup", action="store_true")
     p.add_argument("--no-build", action="store_true", help="do not build missing bundles (their rows are listed)")
@@ -475,6 +494,7 @@ def parse_args(argv):
     scaling_text = args.scaling or ("100" if args.quick else "100,1000")
     args.scaling = [int(c) for c in scaling_text.split(",") if int(c) > 0]
     args.whole_clips = args.whole_clips if args.whole_clips is not None else (48 if args.quick else 240)
+    args.decode_clips = args.decode_clips if args.decode_clips is not None else (8 if args.quick else 32)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     args.models = [{"muq": "muq-roberta"}.get(m.strip(), m.strip()) for m in args.models.split(",") if m.strip()]
     unknown = [b for b in args.backends if b not in ALL_ROWS]
@@ -506,7 +526,7 @@ def main(argv=None) -> int:
         args.monitor = monitor
         _models(args, results, save)
         for key, section, wanted in SECTIONS:
-            if wanted(args) and args.scaling_spec is not None:
+            if wanted(args):
                 try:
                     section(args, results, save)
                 except Exception as exc:  # one failed section must not lose the others

@@ -175,6 +175,20 @@ def whole_lines(w: dict) -> list[str]:
     return out + [""]
 
 
+def decode_lines(section: dict) -> list[str]:
+    """The decode-only table: clips/s by decode workers, target 0.8 x N times one worker up to the cores."""
+    from benchmarks.decode_scaling import markdown
+
+    env, load = section["environment"], section["load"]
+    blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('num_threads')} threads in a worker)"
+                     for b in env.get("blas_in_decode_workers", [])) or "none found"
+    return ["## Decoding by worker count (decode only)", "",
+            f"{env['cores']} cores ({env['cpu']}); numpy's BLAS in the decode workers: {blas}; load before "
+            f"{load.get('load_before')}, after {load.get('load_after')}"
+            + (" (targets not judged: machine busy)" if load.get("busy") else "") + ".", "",
+            markdown(section["rows"]), ""]
+
+
 def render_markdown(results: dict) -> str:
     out = ["# deramos_rt benchmark report", "", f"Command: `{results.get('command')}` "
            f"({'quick' if results.get('quick') else 'full'} run, {results.get('repeats', 1)} interleaved repeats, "
@@ -203,6 +217,8 @@ def render_markdown(results: dict) -> str:
         out += whole_lines(results["whole_process"])
     for name, model in results.get("models", {}).items():
         out += model_lines(name, model)
+    if results.get("decode_scaling"):
+        out += decode_lines(results["decode_scaling"])
     if results.get("startup"):
         s = results["startup"]
         out += ["## Start-up", "", f"`import deramos_rt` {_spread(s, 'import_s')} s; opening the default bundle "

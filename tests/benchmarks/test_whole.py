@@ -74,6 +74,7 @@ def test_the_report_runs_end_to_end_on_a_tiny_bundle(tiny, tmp_path):
     out = tmp_path / "report"
     code = report.main(["--out", str(out), "--models", "", "--bundle", str(bundle), "--clips", "3",
                         "--batch-sizes", "1,2", "--repeats", "2", "--whole-clips", "0", "--scaling", "0",
+                        "--decode-clips", "2",
                         "--no-startup", "--no-breakdown", "--work", str(tmp_path / "work"), "--gemm-seconds", "0.01"])
     results = json.loads((out / "results.json").read_text())
     assert code == (1 if results["sanity"]["status"] == "failed" else 0)
@@ -86,4 +87,8 @@ def test_the_report_runs_end_to_end_on_a_tiny_bundle(tiny, tmp_path):
     assert rows["onnxruntime-fp32"]["scores_moved_between_repeats"] < 1e-6
     assert results["machine"]["threadpools"] and results["machine"]["cpu_key"]
     assert any(t["target"].startswith("CPU limit") for t in section["targets"])
+    decode = results["decode_scaling"]
+    assert {(r["protocol"], r["clip_seconds"], r["workers"]) for r in decode["rows"]} >= {("soxr", 10.0, 1)}
+    assert decode["environment"]["cores"] >= 1 and "busy" in decode["load"]
     assert "Sanity check" in (out / "report.md").read_text()
+    assert "## Decoding by worker count" in (out / "report.md").read_text()
