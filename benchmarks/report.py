@@ -434,8 +434,6 @@ def scaling_section(args, results: dict, save) -> None:
         save()
 
 
-# Sections after the models, in order: (results key, function, whether this run wants it). Each needs the
-# default model's bundle (args.scaling_spec). A new section (e.g. a decode-only table) is one entry here.
 def decode_section(args, results: dict, save) -> None:
     """Decode-only clips/s by worker count (issue 21's table), both resamplers and the native hand-over."""
     from benchmarks.decode_scaling import decode_table, environment, write_flac_clips
@@ -451,8 +449,9 @@ def decode_section(args, results: dict, save) -> None:
     save()
 
 
+# Sections after the models, in order: (results key, function, whether this run wants it). A new section is
+# one entry here; the built-in model's sections need its bundle (args.scaling_spec), decoding needs none.
 SECTIONS = (
-    # (name, section, wanted): the built-in model's sections need its bundle (scaling_spec); decoding needs none.
     ("whole_process", whole_section, lambda args: args.whole_clips > 0 and args.scaling_spec is not None),
     ("decode_scaling", decode_section, lambda args: args.decode_clips > 0),
     ("startup", startup_section, lambda args: not args.no_startup and args.scaling_spec is not None),
