@@ -105,7 +105,8 @@ class TorchResampler:
         return self._weights[key]
 
 
-def torch_windows(resampler: TorchResampler, signals, rate: int, target_rate: int, num_samples: int, windows: int):
+def torch_windows(resampler: TorchResampler, signals, rate: int, target_rate: int, num_samples: int, windows: int,
+                  offset: int = 0):
     """Model input from a group of same-shape clips: resample, channel mean, cut / pad to windows.
 
     Args:
@@ -115,6 +116,8 @@ def torch_windows(resampler: TorchResampler, signals, rate: int, target_rate: in
         target_rate: the model's rate.
         num_samples: samples per window (the protocol's clip length).
         windows: windows per clip (1 in ``truncate`` mode).
+        offset: resampled samples before the first window (a streamed piece of a long file, which starts
+            early enough for the kernel: ``deramos_rt.audio.stream_windows``).
 
     Returns:
         (G * windows, num_samples) float32 on the resampler's device: clip by clip, window by window.
@@ -131,9 +134,9 @@ def torch_windows(resampler: TorchResampler, signals, rate: int, target_rate: in
         mono += resampled[:, c]
     if channels > 1:
         mono /= channels
-    keep = min(mono.shape[1], windows * num_samples)
+    keep = max(0, min(mono.shape[1] - offset, windows * num_samples))
     out = torch.zeros(groups, windows * num_samples, dtype=torch.float32, device=resampler.device)
-    out[:, :keep] = mono[:, :keep]
+    out[:, :keep] = mono[:, offset:offset + keep]
     return out.reshape(groups * windows, num_samples)
 
 
@@ -151,10 +154,11 @@ class GraphFeed:
     shape: np.ndarray
 
 
-def graph_feed(length: int, num_samples: int, first: int = 0, count: int = 1) -> GraphFeed:
-    """Inputs giving windows ``first .. first + count - 1`` of a clip resampled to ``length`` samples."""
-    start = first * num_samples
-    stop = max(start, min(length, (first + count) * num_samples))
+def graph_feed(length: int, num_samples: int, first: int = 0, count: int = 1, offset: int = 0) -> GraphFeed:
+    """Inputs giving windows ``first .. first + count - 1`` of a clip resampled to ``length`` samples, the
+    windows starting ``offset`` samples in (see :func:`torch_windows`)."""
+    start = offset + first * num_samples
+    stop = max(start, min(length, offset + (first + count) * num_samples))
     return GraphFeed(np.array([start], np.int64), np.array([stop], np.int64),
                      np.array([0, count * num_samples - (stop - start)], np.int64),
                      np.array([count, num_samples], np.int64))

@@ -13,7 +13,9 @@ backend the cores the decode workers leave.
 Where the inference device resamples (a backend's input stage, see ``deramos_rt.backends.base``), the
 workers only decode: ``native=True`` hands over the clip at its own rate (int16 for 16-bit files), and the
 device turns it into model input. The queue is bounded, so memory stays flat however many clips a job has,
-and results come back in input order.
+and results come back in input order. In ``windows`` mode a file is decoded as a stream of pieces of a few
+windows (``deramos_rt.audio.stream_windows``) and the queue is bounded in samples (:class:`InFlight`), so
+memory also stays flat however long the files are.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import collections
 import contextlib
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +32,9 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from deramos_rt.audio import (LONG_AUDIO, MAX_CHANNELS, AudioProtocol, as_float, check_signal, decode_frames, fit_length,
-                              load_clip, load_windows, protocol_signal, read_native, resampled_length,
-                              resamples_anywhere, split_windows, window_weights)
+from deramos_rt.audio import (LONG_AUDIO, MAX_CHANNELS, AudioProtocol, WindowPiece, as_float, check_signal,
+                              decode_frames, fit_length, load_clip, load_windows, protocol_signal, read_native,
+                              resampled_length, resamples_anywhere, split_windows, stream_windows, window_weights)
 from deramos_rt.errors import DeramosError
 from deramos_rt.metrics import system_id
 
@@ -39,6 +42,9 @@ log = logging.getLogger(__name__)
 
 # Decode threads on a GPU host: all cores but one (the scoring loop), at most this many.
 MAX_GPU_DECODE_WORKERS = 32
+# Samples a native-rate hand-over may hold ahead per model-rate sample of the prefetch (44.1 / 48 kHz
+# stereo for a 16-24 kHz model is 4-6 per sample), so that clips in truncate mode are rarely held back.
+NATIVE_ROOM = 4
 
 
 # The error of a clip scored without a prompt: its MI is given, its TA is not (a job can ask for MI only).
@@ -157,18 +163,24 @@ class NativeAudio:
         signal: (frames, channels) int16 or float32 numpy, or a torch tensor (frames,) / (frames, channels).
         rate: its sample rate.
         length: samples at the model's rate once resampled (before padding or cutting to windows).
+        offset: resampled samples before the first window (a streamed piece of a long file starts early
+            enough for the resampler's kernel: see :func:`deramos_rt.audio.stream_windows`).
     """
 
     signal: Any
     rate: int
     length: int
+    offset: int = 0
 
 
 @dataclass
 class Prepared:
     """A decoded clip: its windows (W, N) and each window's share of real audio, or the decode error.
 
-    ``native`` replaces ``windows`` when the backend's input stage resamples on its device.
+    ``native`` replaces ``windows`` when the backend's input stage resamples on its device. A long file in
+    ``windows`` mode comes as several pieces, in order (:func:`prepare_pieces`): ``first`` is the clip's
+    index of the piece's first window (0: a clip's first piece), ``last`` says no piece of the clip follows;
+    an ``error`` piece is always the clip's last and makes the whole clip fail.
     """
 
     request: ClipRequest
@@ -176,6 +188,8 @@ class Prepared:
     weights: np.ndarray | None = None
     error: str | None = None
     native: NativeAudio | None = None
+    first: int = 0
+    last: bool = True
 
     @property
     def count(self) -> int:
@@ -185,7 +199,7 @@ class Prepared:
 
 def prepare_request(request: ClipRequest, protocol: AudioProtocol, long_audio: str,
                     native: bool = False) -> Prepared:
-    """Decode and prepare one clip with the model's audio protocol; a failure becomes ``error``.
+    """Decode and prepare one whole clip with the model's audio protocol; a failure becomes ``error``.
 
     Args:
         request: the clip.
@@ -203,13 +217,48 @@ def prepare_request(request: ClipRequest, protocol: AudioProtocol, long_audio: s
             windows, weights = load_windows(request.path, protocol)
         else:
             windows, weights = load_clip(request.path, protocol)[None], np.ones(1)
-    except DeramosError as exc:
-        return Prepared(request, error=str(exc))
-    except MemoryError:
-        return Prepared(request, error=f"out of memory decoding {request.path}")
-    except Exception as exc:  # a decoder or resampler failing in a way we did not foresee costs one clip, not the job
-        return Prepared(request, error=f"cannot prepare {request.path or request.id}: {type(exc).__name__}: {exc}")
+    except Exception as exc:
+        return Prepared(request, error=_error_text(request, exc))
     return Prepared(request, windows, weights)
+
+
+def prepare_pieces(request: ClipRequest, protocol: AudioProtocol, long_audio: str, native: bool = False,
+                   piece_windows: int | None = None) -> Iterator[Prepared]:
+    """A clip prepared as :func:`prepare_request` does, a file in ``windows`` mode a piece at a time.
+
+    The pieces (see :class:`Prepared`) hold a few windows each (:func:`deramos_rt.audio.stream_windows`),
+    so a long file is never held whole; a failure midway ends the clip with an error piece.
+
+    Args:
+        piece_windows: windows per piece (None: :func:`deramos_rt.audio.default_piece_windows`).
+    """
+    if long_audio != "windows" or request.array is not None:
+        yield prepare_request(request, protocol, long_audio, native)
+        return
+    first = 0
+    try:
+        for piece in stream_windows(request.path, protocol, native, piece_windows):
+            yield _prepared_piece(request, piece)
+            first = piece.first + piece.count
+    except Exception as exc:  # what the whole-file path would have made the clip's error
+        yield Prepared(request, error=_error_text(request, exc), first=first)
+
+
+def _prepared_piece(request: ClipRequest, piece: WindowPiece) -> Prepared:
+    native = None
+    if piece.signal is not None:
+        native = NativeAudio(piece.signal, piece.rate, piece.length, piece.offset)
+    return Prepared(request, piece.windows, piece.weights, native=native, first=piece.first, last=piece.last)
+
+
+def _error_text(request: ClipRequest, exc: Exception) -> str:
+    """A clip's error line for a failure while preparing it (the job goes on)."""
+    if isinstance(exc, DeramosError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return f"out of memory decoding {request.path}"
+    # A decoder or resampler failing in a way we did not foresee costs one clip, not the job.
+    return f"cannot prepare {request.path or request.id}: {type(exc).__name__}: {exc}"
 
 
 def _host_windows(request: ClipRequest, signal: np.ndarray, rate: int, protocol: AudioProtocol,
@@ -337,34 +386,158 @@ def _warn_once(message: str) -> None:
 # ------------------------------------------------------------------------------------------------ stream
 
 def prepared_stream(requests: Iterable[ClipRequest], protocol: AudioProtocol, long_audio: str = "truncate",
-                    workers: int | None = None, prefetch: int = 64, native: bool = False) -> Iterator[Prepared]:
-    """Prepare clips in ``workers`` threads, at most ``prefetch`` ahead of the consumer, in input order.
+                    workers: int | None = None, prefetch: int = 64, native: bool = False,
+                    max_samples: int | None = None, piece_windows: int | None = None) -> Iterator[Prepared]:
+    """Prepare clips in ``workers`` threads, ahead of the consumer within bounds, in input order.
+
+    A file in ``windows`` mode comes as pieces of a few windows (:func:`prepare_pieces`), so what is in
+    flight is bounded by samples, however long the files: at most ``prefetch`` clips are being prepared,
+    and the pieces decoded and not yet taken hold at most ``max_samples`` samples (the clip the consumer
+    reads may always add one piece, so that it never waits on clips behind it), plus one piece per worker.
 
     Args:
         requests: clips to prepare (consumed lazily).
         protocol: the model's audio protocol.
         long_audio: ``truncate`` or ``windows``.
         workers: decode threads; 0 decodes on the calling thread; None: :func:`default_workers`.
-        prefetch: clips decoded ahead of the consumer (bounds memory).
+        prefetch: clips prepared ahead of the consumer.
         native: hand over native-rate audio where the protocol allows (see :func:`prepare_request`).
+        max_samples: samples (all channels) held ahead; None: ``prefetch`` windows' worth at the model's
+            rate, :data:`NATIVE_ROOM` times that for native-rate audio.
+        piece_windows: windows per piece of a long file (None: ``deramos_rt.audio.default_piece_windows``).
     """
     if long_audio not in LONG_AUDIO:
         raise DeramosError(f"unknown long-audio mode {long_audio!r}; choose one of: {', '.join(LONG_AUDIO)}")
     workers = default_workers() if workers is None else int(workers)
     if workers <= 0:
         for request in requests:
-            yield prepare_request(request, protocol, long_audio, native)
+            yield from prepare_pieces(request, protocol, long_audio, native, piece_windows)
         return
-    queue: collections.deque = collections.deque()
+    if max_samples is None:
+        max_samples = prefetch * protocol.num_samples * (NATIVE_ROOM if native else 1)
+    flight = InFlight(max_samples)
+    active: collections.deque = collections.deque()  # (clip, request, future) in input order
     with single_threaded_blas(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deramos-decode") as pool:
         try:
             for request in requests:
-                queue.append(pool.submit(prepare_request, request, protocol, long_audio, native))
-                while len(queue) >= max(prefetch, workers):
-                    yield queue.popleft().result()
-            while queue:
-                yield queue.popleft().result()
+                clip = flight.open()
+                active.append((clip, request, pool.submit(_produce, flight, clip, request, protocol, long_audio,
+                                                          native, piece_windows)))
+                while len(active) >= max(prefetch, workers):
+                    yield from _drain(flight, *active.popleft())
+            while active:
+                yield from _drain(flight, *active.popleft())
         finally:
-            # Stopped early (Ctrl-C, an error downstream): do not decode what nobody will read.
-            for future in queue:
+            # Stopped early (Ctrl-C, an error downstream): wake the workers and decode nothing more.
+            flight.close()
+            for _, _, future in active:
                 future.cancel()
+
+
+def _produce(flight: "InFlight", clip: int, request: ClipRequest, protocol: AudioProtocol, long_audio: str,
+             native: bool, piece_windows: int | None) -> None:
+    """A worker's job: one clip's pieces into ``flight`` (it waits while the stream holds too much)."""
+    pieces = prepare_pieces(request, protocol, long_audio, native, piece_windows)
+    try:
+        for piece in pieces:
+            if not flight.put(clip, piece):
+                break  # the consumer stopped
+    finally:
+        pieces.close()  # closes the file now
+        flight.finished(clip)
+
+
+def _drain(flight: "InFlight", clip: int, request: ClipRequest, future) -> Iterator[Prepared]:
+    """The pieces of one clip as its worker gives them, up to its last."""
+    while True:
+        piece = flight.take(clip)
+        if piece is None:  # the worker died before the clip's last piece (a bug: clip errors are pieces)
+            future.result()  # its own exception, where it had one
+            raise RuntimeError(f"the decode worker of {request.path or request.id} stopped before its end")
+        yield piece
+        if piece.last:
+            return
+
+
+def _held_samples(piece: Prepared) -> int:
+    """Samples (all channels) a piece holds: its windows, or its native-rate signal."""
+    if piece.windows is not None:
+        return int(piece.windows.size)
+    if piece.native is not None:
+        return int(np.prod(piece.native.signal.shape))
+    return 0
+
+
+class InFlight:
+    """Pieces prepared ahead of the consumer, per clip in input order, bounded in samples.
+
+    Workers :meth:`put` the pieces of their clip; the consumer :meth:`take` s the pieces of the clip it reads
+    (the *head*), clip after clip. A put waits while the pieces held would exceed ``limit`` samples, except
+    the head's when none of its pieces is waiting (the consumer waits for exactly that one), so the stream
+    always moves and holds at most ``limit`` samples plus one piece.
+
+    Attributes:
+        held: samples in pieces put and not yet taken.
+        peak: the most ``held`` has been.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = max(1, int(limit))
+        self.held = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+        self._pieces: dict[int, collections.deque] = {}
+        self._finished: set[int] = set()
+        self._head = 0
+        self._next = 0
+        self._closed = False
+
+    def open(self) -> int:
+        """A number for the next clip (clips are taken in this order)."""
+        self._next += 1
+        return self._next - 1
+
+    def put(self, clip: int, piece: Prepared) -> bool:
+        """Add one of ``clip``'s pieces, waiting for room; False when the stream was closed."""
+        size = _held_samples(piece)
+        with self._cond:
+            queue = self._pieces.setdefault(clip, collections.deque())
+            while not self._closed and self.held + size > self.limit and not (clip == self._head and not queue):
+                self._cond.wait()
+            if self._closed:
+                return False
+            queue.append(piece)
+            self.held += size
+            self.peak = max(self.peak, self.held)
+            self._cond.notify_all()
+        return True
+
+    def finished(self, clip: int) -> None:
+        """``clip``'s worker has stopped (after its last piece, or without it)."""
+        with self._cond:
+            if clip >= self._head:  # a clip already taken to its last piece needs no mark
+                self._finished.add(clip)
+            self._cond.notify_all()
+
+    def take(self, clip: int) -> Prepared | None:
+        """``clip``'s next piece (waiting for it); None when its worker stopped without giving it."""
+        with self._cond:
+            self._head = clip
+            queue = self._pieces.setdefault(clip, collections.deque())
+            while not queue and clip not in self._finished:
+                self._cond.wait()
+            piece = queue.popleft() if queue else None
+            if piece is not None:
+                self.held -= _held_samples(piece)
+            if piece is None or piece.last:
+                self._pieces.pop(clip, None)
+                self._finished.discard(clip)
+                self._head = clip + 1
+            self._cond.notify_all()
+            return piece
+
+    def close(self) -> None:
+        """Wake every waiting worker: their puts return False from now on."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()

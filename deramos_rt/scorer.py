@@ -15,7 +15,9 @@ Work is shaped for throughput and for scores that depend on nothing but the clip
 * each distinct prompt goes through the text graph once (bounded LRU by text); the TA graph pairs the
   cached ``text_x`` with every window's ``audio_x``, padded to the batch's longest prompt with a mask;
 * a long clip in ``windows`` mode scores the mean of its windows' distributions weighted by how much of
-  each window is real audio (scalar heads: the weighted mean score). Never a random crop.
+  each window is real audio (scalar heads: the weighted mean score). Never a random crop. A long file
+  arrives as pieces of a few windows (decoded as a stream); a window's audio is held only until its batch
+  has run.
 
 A clip that cannot be scored (missing, corrupt, empty, NaN samples, too many channels) gets ``error``
 set and the job goes on; an empty prompt gives MI and a TA error.
@@ -77,16 +79,39 @@ class ClipScore:
 
 
 class _ClipState:
-    """Accumulates a clip's window outputs until every window is in."""
+    """Accumulates a clip's window outputs until its last piece is in and every window is scored.
 
-    def __init__(self, prepared: Prepared):
-        self.prepared = prepared
-        self.request = prepared.request
-        self.error = prepared.error
-        self.weights = prepared.weights
-        self.left = prepared.count
+    A long file in ``windows`` mode arrives as several pieces (``pipeline.prepare_pieces``), in order; the
+    weights of all its windows are kept (a float per window), their audio only while their batch runs.
+    """
+
+    def __init__(self, request):
+        self.request = request
+        self.error = None
+        self._weights: list[np.ndarray] | None = []
+        self.left = 0
+        self.complete = False
         self.mi = None
         self.ta = None
+
+    def add(self, piece: Prepared) -> None:
+        """Count in the windows of one more piece (an error piece fails the whole clip)."""
+        if piece.error is not None:
+            self.error, self._weights = piece.error, None
+        elif self._weights is not None:
+            self._weights.append(piece.weights)
+        self.left += piece.count
+        self.complete = piece.last
+
+    @property
+    def weights(self) -> np.ndarray | None:
+        """Every window's share of real audio, in order; None for a clip that failed."""
+        return None if self._weights is None else np.concatenate(self._weights)
+
+    @property
+    def done(self) -> bool:
+        """The last piece is in and every window is scored."""
+        return self.complete and self.left == 0
 
 
 class Scorer:
@@ -238,14 +263,16 @@ class Scorer:
         """Windows in batches through the backend; results as soon as their clip is complete, in order."""
         pending: collections.deque[_ClipState] = collections.deque()
         inflight: collections.deque = collections.deque()
-        rows: list[tuple[_ClipState, int]] = []
+        rows: list[tuple[_ClipState, Prepared, int]] = []  # (clip, piece, window in the piece)
         keep = 1 if self._overlap else 0  # batches whose audio graph may run while this thread goes on
         with self._audio_runner() as run:
             for prepared in stream:
-                state = _ClipState(prepared)
-                pending.append(state)
-                for window in range(state.left):
-                    rows.append((state, window))
+                if prepared.first == 0:  # a clip's first piece (later pieces continue the last clip)
+                    pending.append(_ClipState(prepared.request))
+                state = pending[-1]
+                state.add(prepared)
+                for window in range(prepared.count):
+                    rows.append((state, prepared, window))
                     if len(rows) == self.batch_size:
                         inflight.append(self._launch(run, rows))
                         rows = []
@@ -268,9 +295,9 @@ class Scorer:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deramos-audio") as pool:
             yield lambda staged: pool.submit(self.backend.run_audio, staged).result
 
-    def _launch(self, run: Callable, rows: list[tuple[_ClipState, int]]) -> tuple[list, Callable[[], Any]]:
+    def _launch(self, run: Callable, rows: list[tuple[_ClipState, Prepared, int]]) -> tuple[list, Callable[[], Any]]:
         """Stage a batch (its copy to the device overlaps the batch before it) and start its audio graph."""
-        staged = self.stage.stage([(state.prepared, window) for state, window in rows])
+        staged = self.stage.stage([(piece, window) for _, piece, window in rows])
         return rows, run(staged)
 
     def _settle(self, inflight, pending, keep: int) -> Iterator[ClipScore]:
@@ -281,13 +308,13 @@ class Scorer:
             yield from self._ready(pending)
 
     def _ready(self, pending) -> Iterator[ClipScore]:
-        while pending and pending[0].left == 0:
+        while pending and pending[0].done:
             yield self._finish(pending.popleft())
 
-    def _finish_batch(self, rows: list[tuple[_ClipState, int]], outputs: tuple[np.ndarray, Any]) -> None:
+    def _finish_batch(self, rows: list[tuple[_ClipState, Prepared, int]], outputs: tuple[np.ndarray, Any]) -> None:
         """TA for the batch's rows and each window's outputs added to its clip."""
         mi, audio_x = outputs
-        prompts = [state.request.prompt for state, _ in rows]
+        prompts = [state.request.prompt for state, _, _ in rows]
         scored = [bool(p.strip()) for p in prompts]
         ta = None
         if any(scored):
@@ -295,8 +322,8 @@ class Scorer:
             # another row's (its TA is dropped; rows never affect each other's scores).
             stand_in = prompts[scored.index(True)]
             ta = self._run_ta(audio_x, [p if s else stand_in for p, s in zip(prompts, scored)])
-        for r, (state, window) in enumerate(rows):
-            weight = float(state.weights[window])
+        for r, (state, piece, window) in enumerate(rows):
+            weight = float(piece.weights[window])
             state.mi = _accumulate(state.mi, mi[r], weight)
             if scored[r]:
                 state.ta = _accumulate(state.ta, ta[r], weight)
@@ -331,7 +358,6 @@ class Scorer:
             self._text.popitem(last=False)
 
     def _finish(self, state: _ClipState) -> ClipScore:
-        state.prepared = None  # the clip's audio is no longer needed
         req = state.request
         out = ClipScore(req.id, req.path, req.system, req.prompt, windows=0 if state.weights is None else len(state.weights))
         if state.error is not None:

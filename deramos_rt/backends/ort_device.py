@@ -172,17 +172,19 @@ class OrtDeviceStage:
         from deramos_rt.device_resample import graph_feed, resample_graph
 
         protocol = self.protocol
+        offset = 0
         if prepared.native is None:  # resampled by a decode worker (soxr): copy its windows
             signal, rate, length = prepared.windows.reshape(1, -1), protocol.sample_rate, prepared.windows.size
         else:
             signal, rate, length = prepared.native.signal, prepared.native.rate, prepared.native.length
+            offset = prepared.native.offset
             signal = signal.T if isinstance(signal, np.ndarray) else signal.reshape(signal.shape[0], -1).t()
         int16 = getattr(signal, "dtype", None) == np.int16
         key = (rate, int16)
         if key not in self._sessions:
             self._sessions[key] = self._io.session(resample_graph(rate, protocol.sample_rate, int16))
         session = self._sessions[key]
-        feed = graph_feed(length, protocol.num_samples, first, count)
+        feed = graph_feed(length, protocol.num_samples, first, count, offset)
         io = session.io_binding()
         bound = self._bind_signal(io, signal)  # alive until the run below has read it
         for name in ("start", "stop", "pads", "shape"):

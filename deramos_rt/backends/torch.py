@@ -213,7 +213,7 @@ class TorchStage:
 
         p = members[0]
         return torch_windows(self._resampler, tensor, p.native.rate, self.protocol.sample_rate,
-                             self.protocol.num_samples, p.count)
+                             self.protocol.num_samples, p.count, p.native.offset)
 
     def _stack_tensors(self, members: list):
         """Clips given as tensors, stacked as (G, frames, channels) on the backend's device."""
@@ -261,7 +261,7 @@ def _group_key(p) -> tuple:
         return ("host", p.windows.shape)
     signal = p.native.signal
     kind = "array" if isinstance(signal, np.ndarray) else f"tensor on {signal.device}"
-    return (kind, p.native.rate, tuple(signal.shape), str(signal.dtype), p.count)
+    return (kind, p.native.rate, tuple(signal.shape), str(signal.dtype), p.count, p.native.offset)
 
 
 # ------------------------------------------------------------------------------------------------ graphs

@@ -94,6 +94,45 @@ def test_onnxruntime_iobinding_stage_gives_the_host_scores(ta_bundle, mixed_clip
     _same(scorer.score(mixed_clips), reference)
 
 
+@pytest.fixture(scope="module")
+def long_clips(tmp_path_factory):
+    """Files of several 2 s windows (the last ones partial) as (path, prompt) items, and as whole arrays."""
+    root = tmp_path_factory.mktemp("long")
+    items, arrays = [], []
+    for i, (rate, channels, seconds, subtype) in enumerate([(44100, 2, 9.3, "PCM_16"), (48000, 2, 7.1, "FLOAT"),
+                                                            (16000, 1, 6.0, "PCM_16")]):
+        path = str(root / f"l{i}.wav")
+        data = 0.3 * np.random.default_rng(i).standard_normal((int(rate * seconds), channels))
+        sf.write(path, data.astype(np.float32), rate, subtype=subtype)
+        items.append((path, "calm piano"))
+        arrays.append((sf.read(path, dtype="float32", always_2d=True)[0], rate, "calm piano"))  # decoded whole
+    return items, arrays
+
+
+@pytest.mark.parametrize("stage", ["torch", "onnxruntime"])
+def test_long_files_streamed_to_the_device_score_as_the_whole_files(ta_run, ta_bundle, long_clips, monkeypatch, stage):
+    """Native-rate pieces of a long file (each with the kernel's reach) give the whole-file host scores."""
+    import deramos_rt.audio as audio
+
+    items, arrays = long_clips
+    source = ta_run if stage == "torch" else ta_bundle
+    reference = Scorer(source, backend=stage, long_audio="windows", decode_workers=0).score(arrays)
+    monkeypatch.setattr(audio, "PIECE_SECONDS", 2.0)  # one 2 s window per piece
+    if stage == "torch":
+        scorer = _torch_device_scorer(ta_run, batch_size=3, decode_workers=2, long_audio="windows")
+    else:
+        import onnxruntime as ort
+
+        scorer = Scorer(ta_bundle, backend="onnxruntime", batch_size=3, decode_workers=2, long_audio="windows")
+        backend = scorer.backend
+        backend._device_io = OrtDeviceIO(ort, backend._sessions, backend._outputs, ["CPUExecutionProvider"], "cpu", 0)
+        _force(scorer, backend.input_stage)
+    assert scorer.stage.native
+    results = scorer.score(items)
+    assert [r.windows for r in results] == [5, 4, 3]
+    _same(results, reference, ids=False)
+
+
 def test_device_tensors_score_like_the_files_of_the_same_samples(ta_run, tmp_path):
     rng = np.random.default_rng(5)
     batch = (0.3 * rng.standard_normal((3, 33075))).astype(np.float32)  # 1.5 s at 22.05 kHz
@@ -279,6 +318,21 @@ def test_cuda_device_path_and_graphs_give_the_host_scores(ta_run, mixed_clips, m
     device = Scorer(ta_run, backend="torch", device="cuda", batch_size=4)
     assert device.stage.native and device._overlap
     _same(device.score(mixed_clips), host.score(mixed_clips))
+
+
+@pytest.mark.gpu
+@CUDA
+def test_cuda_device_path_streams_long_files_as_the_whole_files(ta_run, long_clips, monkeypatch):
+    import deramos_rt.audio as audio
+
+    items, arrays = long_clips
+    host = Scorer(ta_run, backend="torch", device="cuda", batch_size=3, long_audio="windows")
+    host.stage, host._overlap = HostStage(), False
+    reference = host.score(arrays)  # decoded whole, resampled on the host
+    monkeypatch.setattr(audio, "PIECE_SECONDS", 2.0)  # one window per piece
+    device = Scorer(ta_run, backend="torch", device="cuda", batch_size=3, long_audio="windows")
+    assert device.stage.native and device._overlap
+    _same(device.score(items), reference, ids=False)
 
 
 @pytest.mark.gpu
