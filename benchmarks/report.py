@@ -177,6 +177,16 @@ def int8_facts(bundle_dir: Path | None) -> tuple[list[str], object]:
 
 # ---------------------------------------------------------------------------------------------- per model
 
+def section_load(args, before, mark) -> dict:
+    """The load verdict of one section. The 1-minute load average before a later section counts this report's
+    own earlier sections, so the verdict reads the load at the report's start and the other processes'
+    runnable threads during the section; the load before and after the section are recorded beside it."""
+    verdict = load_verdict(args.start_load, args.monitor.summary(mark))
+    verdict["detail"] = verdict["detail"].replace("load before", "load at the report's start", 1)
+    return {**verdict, "load_at_start": [round(x, 2) for x in args.start_load],
+            "load_before": [round(x, 2) for x in before], "load_after": [round(x, 2) for x in os.getloadavg()]}
+
+
 def model_section(spec: ModelSpec, args, results: dict, save) -> None:
     """Every measurement of one model, saved into ``results['models'][spec.name]`` as it goes."""
     section = results["models"].setdefault(spec.name, {"title": spec.title, "rows": [], "unavailable": {}})
@@ -209,8 +219,7 @@ def model_section(spec: ModelSpec, args, results: dict, save) -> None:
             "breakdown", measure.stage_breakdown(spec.run_dir, items, batch)))
     _parity_all(section)
     _limits(section)
-    section["load"] = {**load_verdict(before, args.monitor.summary(mark)),
-                       "load_after": [round(x, 2) for x in os.getloadavg()]}
+    section["load"] = section_load(args, before, mark)
     save()
 
 
@@ -377,17 +386,17 @@ def _limits(section: dict) -> None:
 
 def whole_section(args, results: dict, save) -> None:
     """The README's job against the research protocol, as separate processes (the README's figure)."""
-    from benchmarks.models import DEFAULT_BUNDLE, DEFAULT_RUN
+    from benchmarks.models import DEFAULT_RUN, default_bundle
     from benchmarks.whole import whole_process
 
     bundle = args.scaling_spec.bundle_dir
     log(f"whole process: deramos-rt score vs the research protocol on {args.whole_clips} files, {args.repeats} "
         "interleaved rounds")
     mark, before = args.monitor.mark(), os.getloadavg()
-    section = whole_process(DEFAULT_RUN, None if bundle == DEFAULT_BUNDLE else bundle, args.work, args.whole_clips,
+    # The user's cached built-in bundle is what `deramos-rt score` finds by itself: pass no --bundle then.
+    section = whole_process(DEFAULT_RUN, None if bundle == default_bundle() else bundle, args.work, args.whole_clips,
                             args.repeats, log)
-    section["load"] = {**load_verdict(before, args.monitor.summary(mark)),
-                       "load_after": [round(x, 2) for x in os.getloadavg()]}
+    section["load"] = section_load(args, before, mark)
     results["whole_process"] = section
     save()
 
@@ -442,7 +451,7 @@ def decode_section(args, results: dict, save) -> None:
     log(f"decode scaling: {args.decode_clips} files of 10 s and 30 s (44.1 kHz stereo FLAC), best of {args.repeats}")
     mark, before = args.monitor.mark(), os.getloadavg()
     rows = decode_table(files, repeats=args.repeats)
-    load = {**load_verdict(before, args.monitor.summary(mark)), "load_after": [round(x, 2) for x in os.getloadavg()]}
+    load = section_load(args, before, mark)
     for row in rows if load["busy"] else ():  # a busy machine's scaling says nothing about the code
         row["target_met_if_quiet"], row["target_met"] = row["target_met"], None
     results["decode_scaling"] = {"rows": rows, "environment": environment(), "load": load}
@@ -521,6 +530,7 @@ def main(argv=None) -> int:
     save()
     m = results["machine"]
     log(f"CPU {m['cpu_key']}; {m['cores']} cores; load {m['load_average']}")
+    args.start_load = os.getloadavg()
     with LoadMonitor() as monitor:
         args.monitor = monitor
         _models(args, results, save)
@@ -569,6 +579,9 @@ def _finish(args, results: dict, save) -> int:
     log(f"wrote {args.out / 'report.md'} in {results['elapsed_s']:.0f} s")
     if results["sanity"]["status"] == "failed":
         log("SANITY CHECK FAILED (a row ran faster than its own limit): " + "; ".join(results["sanity"]["violations"]))
+        return 1
+    if results.get("errors"):  # an incomplete report is not a report: say so in the exit status
+        log("SECTIONS FAILED: " + "; ".join(f"{k}: {v}" for k, v in results["errors"].items()))
         return 1
     return 0
 

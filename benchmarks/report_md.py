@@ -28,7 +28,9 @@ def _load(load: dict | None) -> str:
     if not load:
         return ""
     during = load.get("during") or {}
-    return (f"load average before {', '.join(f'{x:.2f}' for x in load.get('load_before', []))}, after "
+    start = load.get("load_at_start")
+    start_text = f"at the report's start {', '.join(f'{x:.2f}' for x in start)}, " if start else ""
+    return (f"load average {start_text}before {', '.join(f'{x:.2f}' for x in load.get('load_before', []))}, after "
             f"{', '.join(f'{x:.2f}' for x in load.get('load_after', []))} (includes this run); other processes' "
             f"runnable threads while measuring: mean {_f(during.get('others_mean'))}, max {_f(during.get('others_max'))}"
             f" -> {'BUSY: targets not judged' if load.get('busy') else 'quiet enough to judge targets'}")
@@ -183,8 +185,9 @@ def decode_lines(section: dict) -> list[str]:
     blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('num_threads')} threads in a worker)"
                      for b in env.get("blas_in_decode_workers", [])) or "none found"
     return ["## Decoding by worker count (decode only)", "",
-            f"{env['cores']} cores ({env['cpu']}); numpy's BLAS in the decode workers: {blas}; load before "
-            f"{load.get('load_before')}, after {load.get('load_after')}"
+            f"{env['cores']} cores ({env['cpu']}); numpy's BLAS in the decode workers: {blas}; load at the report's start "
+            f"{load.get('load_at_start')}, before {load.get('load_before')}, after {load.get('load_after')}; other "
+            f"processes' runnable threads during: mean {_f((load.get('during') or {}).get('others_mean'))}"
             + (" (targets not judged: machine busy)" if load.get("busy") else "") + ".", "",
             markdown(section["rows"]), ""]
 

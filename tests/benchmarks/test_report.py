@@ -203,3 +203,46 @@ def test_markdown_and_plots_render(tmp_path):
 def test_unknown_backend_row_is_refused():
     with pytest.raises(SystemExit):
         report.parse_args(["--out", "x", "--backends", "torch-fp32,warp-drive"])
+
+
+class _Monitor:
+    def __init__(self, others):
+        self.others = others
+
+    def mark(self):
+        return 0
+
+    def summary(self, mark=None):
+        return {"others_mean": self.others, "others_max": 1}
+
+
+def test_a_later_section_is_judged_by_the_load_at_the_start_not_by_its_own_earlier_sections():
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(start_load=(0.0, 0.0, 0.0), monitor=_Monitor(0.05))
+    load = report.section_load(args, (1.9, 0.8, 0.3), 0)  # raised by this report's own model sections
+    assert not load["busy"] and load["load_before"] == [1.9, 0.8, 0.3] and load["load_at_start"] == [0.0, 0.0, 0.0]
+    assert "report's start" in load["detail"]
+    busy = report.section_load(SimpleNamespace(start_load=(0.0,) * 3, monitor=_Monitor(5.0)), (0.1,) * 3, 0)
+    assert busy["busy"]  # other processes' threads during the section still count
+
+
+def test_the_whole_process_section_runs_the_readme_job_with_the_users_cached_bundle(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from benchmarks import models, whole
+
+    calls = []
+    monkeypatch.setattr(whole, "whole_process", lambda run, bundle, work, clips, repeats, log:
+                        calls.append((run, bundle, clips, repeats)) or {"rows": []})
+    cached = tmp_path / "default-bundle"
+    monkeypatch.setattr(models, "default_bundle", lambda: cached)
+    args = SimpleNamespace(scaling_spec=SimpleNamespace(bundle_dir=cached), work=tmp_path, whole_clips=4, repeats=2,
+                           start_load=(0.0,) * 3, monitor=_Monitor(0.0))
+    results = {}
+    report.whole_section(args, results, lambda: None)
+    assert calls == [(models.DEFAULT_RUN, None, 4, 2)]  # the cached bundle: no --bundle, as a user would run it
+    assert results["whole_process"]["load"]["busy"] is False
+    args.scaling_spec = SimpleNamespace(bundle_dir=tmp_path / "other")
+    report.whole_section(args, results, lambda: None)
+    assert calls[-1][1] == tmp_path / "other"

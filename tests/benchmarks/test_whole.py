@@ -77,6 +77,7 @@ def test_the_report_runs_end_to_end_on_a_tiny_bundle(tiny, tmp_path):
                         "--decode-clips", "2",
                         "--no-startup", "--no-breakdown", "--work", str(tmp_path / "work"), "--gemm-seconds", "0.01"])
     results = json.loads((out / "results.json").read_text())
+    assert not results.get("errors")
     assert code == (1 if results["sanity"]["status"] == "failed" else 0)
     section = results["models"]["bundle"]
     rows = {r["name"]: r for r in section["rows"]}
