@@ -209,9 +209,18 @@ def scorer_row(name: str, source: Path, backend: str, precision: str | None, bat
                 "prompts_encoded": encoded,
                 "distinct_prompts": len({p for _, p in items}),
                 "peak_rss_mb": round(peak_rss_mb(), 1), "errors": errors[:3],
-                "scores": {"mi": [r.mi for r in results], "ta": [r.ta for r in results]}}
+                "scores": {"mi": [r.mi for r in results], "ta": [r.ta for r in results]},
+                "spread": _spread(results)}
     finally:
         scorer.close()
+
+
+def _spread(results) -> dict | None:
+    """An ensemble's members' spread per clip (``mi_std``, ``ta_std``); None for one model."""
+    if not any(r.mi_std is not None for r in results):
+        return None
+    return {"mi_std": [r.mi_std for r in results if r.mi_std is not None],
+            "ta_std": [r.ta_std for r in results if r.ta_std is not None]}
 
 
 def _model_only(scorer, waves: np.ndarray, prompts: list[str], batch: int, timed: _Timed):
