@@ -18,7 +18,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 BUSY = "not judged: machine busy"
 
@@ -160,6 +160,17 @@ def load_verdict(before: tuple[float, ...] | list[float], during: dict, cores: i
     why = (f"load before {before[0]:.2f}, other processes' runnable threads during {others if others is not None else '-'}"
            f" (mean); limit {limit:g} = half of {cores} cores")
     return {"busy": busy, "detail": why, "load_before": [round(x, 2) for x in before], "during": during}
+
+
+def load_since_start(start: Sequence[float], before: Sequence[float], during: dict, start_name: str) -> dict:
+    """:func:`load_verdict` for one section of a longer run. The 1-minute load average before a later section
+    counts the run's own earlier sections, so the verdict reads the load at the run's start (``start_name``
+    says which run) and the other processes' runnable threads during the section; the load before and after
+    the section are recorded beside it."""
+    verdict = load_verdict(start, during)
+    verdict["detail"] = verdict["detail"].replace("load before", f"load at {start_name}", 1)
+    return {**verdict, "load_at_start": [round(x, 2) for x in start], "load_before": [round(x, 2) for x in before],
+            "load_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 # ------------------------------------------------------------------------------------------------ what ran

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.discipline import LoadMonitor, blas_environment, guarded, load_verdict, summarise, threadpools
+from benchmarks.discipline import LoadMonitor, blas_environment, guarded, load_since_start, summarise, threadpools
 from benchmarks.models import DEFAULT_RUN, items_for, random_run, write_clips
 from export.calibrate import interleave
 
@@ -50,26 +50,13 @@ def base_run(model: str, work: Path) -> Path:
 def member_runs(base: Path, count: int, folder: Path) -> list[Path]:
     """``[base, member-2, ..., member-count]``: ordinary run directories with the base run's encoders and their
     own random heads (cached: a member already written is reused)."""
-    import torch
-
-    from training.checkpoint import load_run, save_run_model
-    from training.model import DeraMosHeads
+    from export.testing import write_member
 
     runs = [base]
     for i in range(2, count + 1):
         run = folder / f"member-{i}"
-        runs.append(run)
-        if (run / "config.json").is_file() and (run / "model.safetensors").is_file():
-            continue
-        model, run_config = load_run(base)
-        torch.manual_seed(1000 + i)
-        model.heads = DeraMosHeads(model.config)
-        tmp = run.with_name(run.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        save_run_model(model, tmp)
-        run_config.to_json(tmp / "config.json")
-        tmp.rename(run)
-        del model
+        done = (run / "config.json").is_file() and (run / "model.safetensors").is_file()
+        runs.append(run if done else write_member(base, run, 1000 + i))
     return runs
 
 
@@ -123,11 +110,8 @@ def measure_model(model: str, prepared: dict, clips: int, repeats: int, work: Pa
     before, mark = os.getloadavg(), monitor.mark()
     runs = interleave(tasks, repeats)
     rows = {name: summarise(done) for name, done in runs.items()}
-    # The 1-minute load before the second model counts the first one's rounds: judge by the load at this
-    # run's start and the other processes' threads during the rounds (as benchmarks.report does).
-    load = {**load_verdict(start_load, monitor.summary(mark)), "load_at_start": [round(x, 2) for x in start_load],
-            "load_before": [round(x, 2) for x in before], "load_after": [round(x, 2) for x in os.getloadavg()]}
-    load["detail"] = load["detail"].replace("load before", "load at this run's start", 1)
+    # The 1-minute load before the second model counts the first one's rounds.
+    load = load_since_start(start_load, before, monitor.summary(mark), "this run's start")
     section = {"title": title, **prepared, "clips": len(items), "clip_seconds": protocol.clip_seconds,
                "sample_rate": protocol.sample_rate, "batch_size": batch, "repeats": repeats, "rows": rows, "load": load}
     section.update(verdict(rows, load))

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import judge, measure
-from benchmarks.discipline import LoadMonitor, blas_environment, guarded, load_verdict, summarise, threadpools
+from benchmarks.discipline import LoadMonitor, blas_environment, guarded, load_since_start, summarise, threadpools
 from benchmarks.models import ModelSpec, items_for, model_specs, prepare, write_clips
 from export.calibrate import interleave
 
@@ -178,13 +178,8 @@ def int8_facts(bundle_dir: Path | None) -> tuple[list[str], object]:
 # ---------------------------------------------------------------------------------------------- per model
 
 def section_load(args, before, mark) -> dict:
-    """The load verdict of one section. The 1-minute load average before a later section counts this report's
-    own earlier sections, so the verdict reads the load at the report's start and the other processes'
-    runnable threads during the section; the load before and after the section are recorded beside it."""
-    verdict = load_verdict(args.start_load, args.monitor.summary(mark))
-    verdict["detail"] = verdict["detail"].replace("load before", "load at the report's start", 1)
-    return {**verdict, "load_at_start": [round(x, 2) for x in args.start_load],
-            "load_before": [round(x, 2) for x in before], "load_after": [round(x, 2) for x in os.getloadavg()]}
+    """The load verdict of one section, judged from the load at the report's start (see ``load_since_start``)."""
+    return load_since_start(args.start_load, before, args.monitor.summary(mark), "the report's start")
 
 
 def model_section(spec: ModelSpec, args, results: dict, save) -> None:

@@ -116,20 +116,28 @@ def write_member_runs(folder: str | Path, count: int = 2, seed: int = 0, recipe:
         seed: seed of the shared encoders (member i's heads use ``seed + i``).
         recipe, **model_fields: as for :func:`write_random_run`.
     """
+    folder = Path(folder)
+    runs = [write_random_run(folder / "member-1", recipe=recipe, seed=seed, **model_fields)]
+    return runs + [write_member(runs[0], folder / f"member-{i + 1}", seed + i) for i in range(1, count)]
+
+
+def write_member(base: str | Path, run_dir: str | Path, seed: int) -> Path:
+    """A run directory with ``base``'s encoders and seeded random heads: another member of ``base``'s ensemble.
+
+    Written into a temporary folder beside ``run_dir`` and renamed, so a run directory that exists is whole.
+    """
     import torch
 
     from training.checkpoint import load_run, save_run_model
     from training.model import DeraMosHeads
 
-    folder = Path(folder)
-    runs = [write_random_run(folder / "member-1", recipe=recipe, seed=seed, **model_fields)]
-    for i in range(1, count):
-        model, run_config = load_run(runs[0])
-        torch.manual_seed(seed + i)
-        model.heads = DeraMosHeads(model.config)
-        run = folder / f"member-{i + 1}"
-        run.mkdir(parents=True, exist_ok=True)
-        save_run_model(model, run)
-        run_config.to_json(run / "config.json")
-        runs.append(run)
-    return runs
+    model, run_config = load_run(base)
+    torch.manual_seed(seed)
+    model.heads = DeraMosHeads(model.config)
+    run_dir = Path(run_dir)
+    tmp = run_dir.with_name(run_dir.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_run_model(model, tmp)
+    run_config.to_json(tmp / "config.json")
+    tmp.rename(run_dir)
+    return run_dir
