@@ -198,6 +198,9 @@ def main(argv=None) -> int:
     if unknown or args.members < 2 or args.repeats < 1:
         p.error(f"--models from {', '.join(MODELS)}; --members >= 2; --repeats >= 1 (got {args.models!r}, "
                 f"{args.members}, {args.repeats})")
+    for path in (args.out, args.work):  # checked now: a run of many minutes must not fail at its last write
+        if path.exists() and not path.is_dir():
+            p.error(f"{path} is a file, not a folder")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args.work.mkdir(parents=True, exist_ok=True)
     from benchmarks.report import machine

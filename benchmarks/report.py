@@ -505,6 +505,14 @@ def parse_args(argv):
         p.error(f"unknown backend row(s) {', '.join(unknown)}; choose from {', '.join(ALL_ROWS)}")
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
+    for path in (args.out, args.work):
+        if path.exists() and not path.is_dir():
+            p.error(f"{path} is a file, not a folder (reports and the work folder are folders)")
+    from deramos_rt.bundle import is_bundle
+
+    for bundle in args.bundle:
+        if not is_bundle(bundle):
+            p.error(f"--bundle {bundle} is not a deramos_rt bundle (build one with python -m export.build_engine)")
     return args
 
 

@@ -55,3 +55,11 @@ def test_bad_arguments_are_refused():
         ensemble_cost.main(["--out", "x", "--models", "nope"])
     with pytest.raises(SystemExit):
         ensemble_cost.main(["--out", "x", "--members", "1"])
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_build(tmp_path):
+    a_file = tmp_path / "scores.csv"
+    a_file.write_text("id,mi\n")
+    with pytest.raises(SystemExit) as exit_info:
+        ensemble_cost.main(["--out", str(a_file), "--work", str(tmp_path / "work")])
+    assert exit_info.value.code == 2 and a_file.read_text() == "id,mi\n" and not (tmp_path / "work").exists()

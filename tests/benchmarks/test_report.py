@@ -246,3 +246,15 @@ def test_the_whole_process_section_runs_the_readme_job_with_the_users_cached_bun
     args.scaling_spec = SimpleNamespace(bundle_dir=tmp_path / "other")
     report.whole_section(args, results, lambda: None)
     assert calls[-1][1] == tmp_path / "other"
+
+
+def test_bad_out_work_or_bundle_is_refused_before_anything_runs(tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    for argv in (["--out", str(a_file)], ["--out", str(tmp_path / "r"), "--work", str(a_file)],
+                 ["--out", str(tmp_path / "r"), "--bundle", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exit_info:
+            report.parse_args(argv)
+        assert exit_info.value.code == 2
+    assert a_file.read_text() == "keep me" and not (tmp_path / "r").exists()
+    assert "is not a deramos_rt bundle" in capsys.readouterr().err
