@@ -291,6 +291,11 @@ def test_auto_skips_untrusted_native_code_and_scores_with_onnx(hostile, score, f
     monkeypatch.setenv("DERAMOS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(backends, "gpu_present", lambda: True)  # a GPU machine: auto would try native code first
     monkeypatch.setattr(backends, "ort_providers", lambda: ["CPUExecutionProvider"])
+    # A CPU the bundle's calibration has no rates for: the fixed order decides, not timings taken while the
+    # fixture was built (on a loaded machine fp32 can measure ahead of int8).
+    from deramos_rt.backends import calibration
+
+    monkeypatch.setattr(calibration, "cpu_key", lambda features=None: "uncalibrated test CPU|avx2+avx512f+avx512_vnni")
 
     def both(root, manifest):
         _with_engines(root, manifest)
